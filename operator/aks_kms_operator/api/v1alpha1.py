@@ -1,0 +1,412 @@
+"""ClusterEncryptionPolicy v1alpha1: the one description of the custom resource.
+
+Every field of spec and status is declared here with its JSON name, default, limits and the
+admission rules that refuse bad input with a message naming the field and the fix. The CRD under
+``manifests/crd/`` is rendered from these classes by ``aks_kms_operator.api.crd``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .schema import Rule, object_rules, spec_field
+
+GROUP = "aks-kms.dev"
+VERSION = "v1alpha1"
+KIND = "ClusterEncryptionPolicy"
+PLURAL = "clusterencryptionpolicies"
+SINGULAR = "clusterencryptionpolicy"
+SHORT_NAMES = ("cep",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Key Vault and Managed HSM DNS suffixes of the public and sovereign clouds.
+KEY_VAULT_SUFFIXES = (
+    "vault.azure.net",
+    "vault.azure.cn",
+    "vault.usgovcloudapi.net",
+    "vault.microsoftazure.de",
+    "managedhsm.azure.net",
+    "managedhsm.azure.cn",
+    "managedhsm.usgovcloudapi.net",
+)
+_SUFFIXES = "|".join(s.replace(".", "\\.") for s in KEY_VAULT_SUFFIXES)
+# https://<vault>.<suffix>/keys/<name>[/<32-hex version>]; the vault name rules are Key Vault's own.
+KEY_ID_PATTERN = (
+    rf"^https://[a-zA-Z][a-zA-Z0-9-]{{1,22}}[a-zA-Z0-9]\.({_SUFFIXES})(:443)?"
+    r"/keys/[a-zA-Z0-9-]{1,127}(/[0-9a-fA-F]{32})?$"
+)
+VERSIONED_KEY_PATTERN = r"/keys/[a-zA-Z0-9-]{1,127}/[0-9a-fA-F]{32}$"
+VAULT_ID_PATTERN = (
+    r"^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"/(resourceGroups|resourcegroups)/[-\w._()]{1,90}/providers/Microsoft\.KeyVault/vaults/"
+    r"[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$"
+)
+GUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+
+PHASES = (
+    "Pending",
+    "Checking",
+    "UpdatingCluster",
+    "WaitingForKeySwitch",
+    "Rewriting",
+    "Ready",
+    "Paused",
+    "Blocked",
+    "Failed",
+    "Deleting",
+)
+
+
+def _regex(field: str, pattern: str, fix: str) -> Rule:
+    return Rule(rule=f"self == '' || self.matches('{pattern}')", message=f"{field} {fix}")
+
+
+# ---------------------------------------------------------------------------------------- spec
+
+
+@dataclass(frozen=True)
+class ClusterRef:
+    """The AKS managed cluster this operator runs in."""
+
+    subscription_id: str = spec_field(
+        "subscriptionId",
+        "Azure subscription ID (a GUID) of the AKS cluster.",
+        required=True,
+        max_length=36,
+        rules=(
+            Rule(
+                rule=f"self.matches('{GUID_PATTERN}')",
+                message="spec.cluster.subscriptionId must be a subscription GUID such as "
+                "00000000-0000-0000-0000-000000000000 (az account show --query id)",
+            ),
+        ),
+    )
+    resource_group: str = spec_field(
+        "resourceGroup",
+        "Resource group of the AKS cluster.",
+        required=True,
+        max_length=90,
+        rules=(
+            Rule(
+                rule="self != ''",
+                message="spec.cluster.resourceGroup must not be empty: set the cluster's resource group",
+            ),
+        ),
+    )
+    name: str = spec_field(
+        "name",
+        "Name of the AKS managed cluster.",
+        required=True,
+        max_length=63,
+        rules=(
+            Rule(rule="self != ''", message="spec.cluster.name must not be empty: set the AKS cluster name"),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+@object_rules(
+    Rule(
+        rule="!self.enabled || self.keyId != ''",
+        message="spec.kms.keyId is required when spec.kms.enabled is true: set it to the Key Vault key URL",
+        field_path=".keyId",
+        reason="FieldValueRequired",
+    ),
+    Rule(
+        rule="self.keyVaultNetworkAccess != 'Private' || self.keyVaultResourceId != ''",
+        message="spec.kms.keyVaultResourceId is required when spec.kms.keyVaultNetworkAccess is Private: "
+        "set it to the vault's resource ID (/subscriptions/…/providers/Microsoft.KeyVault/vaults/<name>)",
+        field_path=".keyVaultResourceId",
+        reason="FieldValueRequired",
+    ),
+    Rule(
+        rule="self.keyVaultNetworkAccess != 'Public' || self.keyVaultResourceId == ''",
+        message="spec.kms.keyVaultResourceId must be empty when spec.kms.keyVaultNetworkAccess is Public: "
+        "remove it, or set keyVaultNetworkAccess to Private",
+        field_path=".keyVaultResourceId",
+        reason="FieldValueForbidden",
+    ),
+)
+class KmsSpec:
+    """The KMS configuration AKS should have (securityProfile.azureKeyVaultKms)."""
+
+    enabled: bool = spec_field("enabled", "Whether AKS encrypts Secrets in etcd with the Key Vault key.",
+                               default=False)
+    key_id: str = spec_field(
+        "keyId",
+        "Key Vault or Managed HSM key URL. Versioned (…/keys/<name>/<version>) unless "
+        "spec.rotation.followLatestVersion is true.",
+        default="",
+        max_length=512,
+        rules=(
+            _regex(
+                "spec.kms.keyId",
+                KEY_ID_PATTERN,
+                "must be an https Key Vault or Managed HSM key URL such as "
+                "https://<vault>.vault.azure.net/keys/<name>/<version> (az keyvault key show --query key.kid)",
+            ),
+        ),
+    )
+    key_vault_network_access: str = spec_field(
+        "keyVaultNetworkAccess",
+        "Public: the vault is reached over its public endpoint. Private: private link; needs "
+        "keyVaultResourceId and API server VNet integration.",
+        default="Public",
+        enum=("Public", "Private"),
+    )
+    key_vault_resource_id: str = spec_field(
+        "keyVaultResourceId",
+        "ARM resource ID of the Key Vault; required when Private, empty when Public.",
+        default="",
+        max_length=512,
+        rules=(
+            _regex(
+                "spec.kms.keyVaultResourceId",
+                VAULT_ID_PATTERN,
+                "must be a Microsoft.KeyVault/vaults resource ID such as /subscriptions/<guid>/resourceGroups/"
+                "<rg>/providers/Microsoft.KeyVault/vaults/<name> (az keyvault show --query id)",
+            ),
+        ),
+    )
+
+
+def _duration(field: str, default: str, description: str) -> str:
+    return spec_field(
+        field.rsplit(".", 1)[1],
+        description,
+        default=default,
+        max_length=32,
+        rules=(
+            Rule(
+                rule=f"self.matches('{DURATION_PATTERN}')",
+                message=f"{field} must be a duration such as 90s, 30m, 1h or 720h",
+            ),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class RotationSpec:
+    """How the operator follows new key versions and warns about expiry."""
+
+    follow_latest_version: bool = spec_field(
+        "followLatestVersion",
+        "When true, keyId may be versionless and AKS is rolled to the newest enabled version.",
+        default=False,
+    )
+    check_interval: str = _duration("spec.rotation.checkInterval", "1h",
+                                    "How often key versions and expiry are checked.")
+    expiry_warning: str = _duration("spec.rotation.expiryWarning", "720h",
+                                    "Warn this long before the current or previous key expires.")
+
+
+@dataclass(frozen=True)
+class RewriteSpec:
+    """How Secrets are re-encrypted after each key change."""
+
+    resources: tuple[str, ...] = spec_field(
+        "resources",
+        "Resources to re-encrypt. Only secrets are encrypted by AKS KMS.",
+        default=("secrets",),
+        enum=("secrets",),
+        max_items=1,
+    )
+    concurrency: int = spec_field(
+        "concurrency",
+        "Concurrent no-op writes.",
+        default=8,
+        rules=(
+            Rule(
+                rule="self >= 1 && self <= 256",
+                message="spec.rewrite.concurrency must be between 1 and 256",
+            ),
+        ),
+    )
+    page_size: int = spec_field(
+        "pageSize",
+        "Secrets per metadata-only list page.",
+        default=500,
+        rules=(
+            Rule(rule="self >= 1 && self <= 5000", message="spec.rewrite.pageSize must be between 1 and 5000"),
+        ),
+    )
+    max_writes_per_second: float = spec_field(
+        "maxWritesPerSecond",
+        "Cap on rewrite writes per second; 0 means as fast as the API server allows (429-aware).",
+        default=0.0,
+        rules=(
+            Rule(
+                rule="self >= 0.0",
+                message="spec.rewrite.maxWritesPerSecond must be 0 (no cap) or a positive number",
+            ),
+        ),
+    )
+    paused: bool = spec_field("paused", "Stop the rewrite between pages until cleared.", default=False)
+
+
+@dataclass(frozen=True)
+@object_rules(
+    Rule(
+        rule="!self.kms.enabled || self.kms.keyId == '' || self.rotation.followLatestVersion || "
+        f"self.kms.keyId.matches('{VERSIONED_KEY_PATTERN}')",
+        message="spec.kms.keyId must name a key version (…/keys/<name>/<32-hex version>) unless "
+        "spec.rotation.followLatestVersion is true",
+        field_path=".kms.keyId",
+    ),
+)
+class PolicySpec:
+    """The encryption the cluster should have."""
+
+    cluster: ClusterRef = spec_field("cluster", "The AKS cluster this policy manages.", required=True)
+    kms: KmsSpec = spec_field("kms", "Desired KMS state.", default_factory=KmsSpec)
+    rotation: RotationSpec = spec_field("rotation", "Key version following and expiry warnings.",
+                                        default_factory=RotationSpec)
+    rewrite: RewriteSpec = spec_field("rewrite", "Secret re-encryption settings.", default_factory=RewriteSpec)
+    deletion_policy: str = spec_field(
+        "deletionPolicy",
+        "Retain: deleting the policy leaves AKS as it is. Disable: disable KMS and rewrite first.",
+        default="Retain",
+        enum=("Retain", "Disable"),
+    )
+
+
+# -------------------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A Kubernetes condition (kstatus: Ready, Reconciling, Stalled; plus our own)."""
+
+    type: str = spec_field("type", "Condition type.", required=True, max_length=64)
+    status: str = spec_field("status", "True, False or Unknown.", required=True,
+                             enum=("True", "False", "Unknown"))
+    reason: str = spec_field("reason", "CamelCase reason code.", default="", max_length=128)
+    message: str = spec_field("message", "Human-readable detail and the fix.", default="", max_length=4096)
+    last_transition_time: str = spec_field("lastTransitionTime", "When status last changed.", default="",
+                                           max_length=64)
+    observed_generation: int = spec_field("observedGeneration", "Generation this condition describes.",
+                                          default=0)
+
+
+@dataclass(frozen=True)
+class ObservedCluster:
+    """What AKS reports about the cluster, as last read through ARM."""
+
+    kms_enabled: bool = spec_field("kmsEnabled", "securityProfile.azureKeyVaultKms.enabled.", default=False)
+    key_id: str = spec_field("keyId", "The key AKS encrypts with.", default="", max_length=512)
+    key_vault_network_access: str = spec_field("keyVaultNetworkAccess", "Public or Private.", default="",
+                                               max_length=16)
+    key_vault_resource_id: str = spec_field("keyVaultResourceId", "Vault resource ID (Private).", default="",
+                                            max_length=512)
+    provisioning_state: str = spec_field("provisioningState", "ARM provisioning state.", default="",
+                                         max_length=64)
+    kubernetes_version: str = spec_field("kubernetesVersion", "Control plane version.", default="",
+                                         max_length=32)
+    identity_type: str = spec_field("identityType", "Cluster identity type.", default="", max_length=64)
+    observed_at: str = spec_field("observedAt", "When this was read.", default="", max_length=64)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One key version in the ledger."""
+
+    key_id: str = spec_field("keyId", "Versioned key URL.", default="", max_length=512)
+    name: str = spec_field("name", "Short display name <vault>/<key>/<version prefix>.", default="",
+                           max_length=128)
+    enabled: bool = spec_field("enabled", "Key Vault attribute.", default=True)
+    expires_on: str = spec_field("expiresOn", "Key Vault expiry, if any.", default="", max_length=64)
+    retired_at: str = spec_field("retiredAt", "When it left AKS's slots (retirable entries).", default="",
+                                 max_length=64)
+
+
+@dataclass(frozen=True)
+class KeyLedger:
+    """AKS holds a current and a previous key but only shows the current one; we keep both."""
+
+    current: KeyRecord = spec_field("current", "The key AKS writes with.", default_factory=KeyRecord)
+    previous: KeyRecord = spec_field("previous", "Still loaded by AKS: must stay enabled and unexpired.",
+                                     default_factory=KeyRecord)
+    retirable: tuple[KeyRecord, ...] = spec_field(
+        "retirable",
+        "No longer loaded by AKS and no Secret uses them: safe to expire or delete.",
+        default=(),
+        max_items=16,
+    )
+
+
+@dataclass(frozen=True)
+class PlanStatus:
+    """The ordered steps still to do for the current generation, and which is running."""
+
+    steps: tuple[str, ...] = spec_field("steps", "Ordered plan steps.", default=(), max_items=16)
+    current: int = spec_field("current", "Index of the step in progress.", default=0)
+    target_key_id: str = spec_field("targetKeyId", "Key the plan converges on ('' = disabled).", default="",
+                                    max_length=512)
+    generation: int = spec_field("generation", "Spec generation the plan was made for.", default=0)
+
+
+@dataclass(frozen=True)
+class OperationStatus:
+    """An ARM write in flight, so a restarted operator resumes waiting instead of writing again."""
+
+    step: str = spec_field("step", "Plan step that sent the write.", default="", max_length=32)
+    target_key_id: str = spec_field("targetKeyId", "Key the write sent ('' = disable).", default="",
+                                    max_length=512)
+    started_at: str = spec_field("startedAt", "When the write was accepted.", default="", max_length=64)
+    canary_resource_version: str = spec_field(
+        "canaryResourceVersion", "Canary Secret resourceVersion before the write.", default="", max_length=64)
+
+
+@dataclass(frozen=True)
+class RewriteStatus:
+    """Progress and checkpoint of the current (or last) re-encryption run."""
+
+    target_key_id: str = spec_field("targetKeyId", "Key every Secret is being written under.", default="",
+                                    max_length=512)
+    started_at: str = spec_field("startedAt", "Run start.", default="", max_length=64)
+    completed_at: str = spec_field("completedAt", "Run end.", default="", max_length=64)
+    namespaces_total: int = spec_field("namespacesTotal", "Namespaces in the run.", default=0)
+    namespaces_done: int = spec_field("namespacesDone", "Namespaces finished.", default=0)
+    last_namespace: str = spec_field("lastNamespace", "Checkpoint: last finished namespace.", default="",
+                                     max_length=253)
+    current_namespace: str = spec_field("currentNamespace", "Namespace in progress.", default="",
+                                        max_length=253)
+    secrets_total: int = spec_field("secretsTotal", "Secrets counted when the run started.", default=0)
+    seen: int = spec_field("seen", "Secrets listed.", default=0)
+    reencrypted: int = spec_field("reencrypted", "Secrets rewritten (resourceVersion changed).", default=0)
+    already_current: int = spec_field("alreadyCurrent", "Secrets already under the target key.", default=0)
+    skipped: int = spec_field("skipped", "Deleted or written by someone else meanwhile (404/409).", default=0)
+    failed: int = spec_field("failed", "Secrets whose write failed.", default=0)
+    failures: tuple[str, ...] = spec_field("failures", "namespace/name: error, first few only.", default=(),
+                                           max_items=20)
+    writes_per_second: float = spec_field("writesPerSecond", "Throughput of the run.", default=0.0)
+    progress: str = spec_field("progress", "seen/total, for kubectl get.", default="", max_length=32)
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    """Everything the operator reports; every field is declared so none is pruned."""
+
+    observed_generation: int = spec_field("observedGeneration", "metadata.generation last acted on.",
+                                          default=0)
+    phase: str = spec_field("phase", "Display phase (conditions are authoritative).", default="Pending",
+                            enum=PHASES)
+    message: str = spec_field("message", "What is happening now, in one line.", default="", max_length=4096)
+    conditions: tuple[Condition, ...] = spec_field("conditions", "kstatus and domain conditions.", default=(),
+                                                   max_items=16, list_map_keys=("type",))
+    cluster: ObservedCluster = spec_field("cluster", "What AKS reports.", default_factory=ObservedCluster)
+    keys: KeyLedger = spec_field("keys", "Current, previous and retirable keys.", default_factory=KeyLedger)
+    plan: PlanStatus = spec_field("plan", "The plan being carried out.", default_factory=PlanStatus)
+    operation: OperationStatus = spec_field("operation", "ARM write in flight.",
+                                            default_factory=OperationStatus)
+    rewrite: RewriteStatus = spec_field("rewrite", "Secret re-encryption progress.",
+                                        default_factory=RewriteStatus)
+    encrypted_with: str = spec_field(
+        "encryptedWith", "Every Secret is confirmed written under this key ('identity' when disabled).",
+        default="", max_length=512)
+    warnings: tuple[str, ...] = spec_field("warnings", "Non-blocking findings (reason: fix).", default=(),
+                                           max_items=16)
+    last_handled_reconcile_at: str = spec_field(
+        "lastHandledReconcileAt", "Echo of the reconcile.fluxcd.io/requestedAt annotation last handled.",
+        default="", max_length=64)
