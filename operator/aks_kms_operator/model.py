@@ -109,6 +109,9 @@ class KeyState:
     not_before: dt.datetime | None = None
     key_type: str = "RSA"  # RSA | RSA-HSM | EC | EC-HSM | oct | oct-HSM
     key_ops: tuple[str, ...] = ("encrypt", "decrypt", "wrapKey", "unwrapKey")
+    # Key Vault's creation time of this version: followLatestVersion rolls to the newest one, and
+    # version IDs are random hex, so only this attribute orders them.
+    created_on: dt.datetime | None = None
 
     def expired(self, now: dt.datetime) -> bool:
         return self.expires_on is not None and self.expires_on <= now
@@ -159,6 +162,10 @@ class RoleGrant:
     role_name: str
     actions: tuple[str, ...] = ()
     data_actions: tuple[str, ...] = ()
+    # A role grants what its (data) actions match minus what these match: a custom role with
+    # dataActions "*" and notDataActions ".../keys/decrypt/action" does not let the plugin decrypt.
+    not_actions: tuple[str, ...] = ()
+    not_data_actions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -177,3 +184,6 @@ class PreflightFacts:
     network_access: str = "Public"
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     expiry_warning: dt.timedelta = dt.timedelta(days=30)
+    # Only used to print runnable `az aks …` fixes; placeholders are printed when empty.
+    cluster_resource_group: str = ""
+    cluster_name: str = ""
