@@ -126,7 +126,9 @@ def openapi_schema(cls: type, *, defaults: bool = True) -> dict[str, Any]:
             prop["default"] = default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             made = f.default_factory()  # type: ignore[misc]
-            prop["default"] = {} if dataclasses.is_dataclass(made) else list(made)
+            # Nested objects default to their fully defaulted form: the API server validates a
+            # default against the CEL rules as it stands, without applying nested defaults first.
+            prop["default"] = dump(made)
         for key, value in (
             ("enum", list(meta.enum) or None),
             ("maxLength", meta.max_length),

@@ -59,7 +59,7 @@ PHASES = (
 
 
 def _regex(field: str, pattern: str, fix: str) -> Rule:
-    return Rule(rule=f"self == '' || self.matches('{pattern}')", message=f"{field} {fix}")
+    return Rule(rule=f"self == '' || self.matches(r'{pattern}')", message=f"{field} {fix}")
 
 
 # ---------------------------------------------------------------------------------------- spec
@@ -76,7 +76,7 @@ class ClusterRef:
         max_length=36,
         rules=(
             Rule(
-                rule=f"self.matches('{GUID_PATTERN}')",
+                rule=f"self.matches(r'{GUID_PATTERN}')",
                 message="spec.cluster.subscriptionId must be a subscription GUID such as "
                 "00000000-0000-0000-0000-000000000000 (az account show --query id)",
             ),
@@ -179,7 +179,7 @@ def _duration(field: str, default: str, description: str) -> str:
         max_length=32,
         rules=(
             Rule(
-                rule=f"self.matches('{DURATION_PATTERN}')",
+                rule=f"self.matches(r'{DURATION_PATTERN}')",
                 message=f"{field} must be a duration such as 90s, 30m, 1h or 720h",
             ),
         ),
@@ -249,7 +249,7 @@ class RewriteSpec:
 @object_rules(
     Rule(
         rule="!self.kms.enabled || self.kms.keyId == '' || self.rotation.followLatestVersion || "
-        f"self.kms.keyId.matches('{VERSIONED_KEY_PATTERN}')",
+        f"self.kms.keyId.matches(r'{VERSIONED_KEY_PATTERN}')",
         message="spec.kms.keyId must name a key version (…/keys/<name>/<32-hex version>) unless "
         "spec.rotation.followLatestVersion is true",
         field_path=".kms.keyId",

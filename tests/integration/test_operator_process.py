@@ -1,0 +1,69 @@
+"""The real `aks-kms-operator run` process against the real API server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from aks_kms_lab.controlplane import free_port
+
+from ..support import wait_for
+
+pytestmark = pytest.mark.integration
+SCRIPT = Path(sys.executable).parent / "aks-kms-operator"
+POLICIES = "/apis/aks-kms.dev/v1alpha1/clusterencryptionpolicies"
+
+
+def test_operator_acknowledges_a_policy_and_exits_cleanly_on_sigterm(crd_installed, tmp_path) -> None:
+    cp = crd_installed
+    port = free_port()
+    log = tmp_path / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(SCRIPT), "run", f"--liveness=http://127.0.0.1:{port}/healthz", "--log-format=json"],
+            stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        policy = {
+            "apiVersion": "aks-kms.dev/v1alpha1", "kind": "ClusterEncryptionPolicy",
+            "metadata": {"name": "process-test"},
+            "spec": {"cluster": {"subscriptionId": "00000000-0000-0000-0000-000000000000",
+                                 "resourceGroup": "rg", "name": "aks"}},
+        }
+        code, body = cp.request("POST", POLICIES, policy)
+        assert code == 201, body
+
+        def acknowledged() -> dict | None:
+            _, obj = cp.request("GET", f"{POLICIES}/process-test")
+            status = obj.get("status") or {}
+            return obj if status.get("observedGeneration") == obj["metadata"]["generation"] else None
+
+        obj = wait_for(acknowledged, timeout=60, what="status.observedGeneration")
+        status = obj["status"]
+        assert status["phase"] == "Pending"
+        types = {c["type"]: c["status"] for c in status["conditions"]}
+        assert types == {"Reconciling": "True", "Stalled": "False", "Ready": "False"}
+        assert "aks-kms.dev/finalizer" in obj["metadata"].get("finalizers", [])
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.status == 200
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # JSON logs, one object a line
+    first = next(line for line in log.read_text().splitlines() if line.startswith("{"))
+    assert '"message"' in first
+    # the finalizer must not block deletion once the operator handled it: remove it for the next tests
+    cp.request("PATCH", f"{POLICIES}/process-test", {"metadata": {"finalizers": None}},
+               content_type="application/merge-patch+json")
+    cp.request("DELETE", f"{POLICIES}/process-test")
