@@ -1,0 +1,147 @@
+"""Entra ID (v2.0 endpoints): OpenID discovery and the token endpoint.
+
+Flows served, both ``grant_type=client_credentials``:
+
+* client secret (``ClientSecretCredential`` through MSAL): the app registered as
+  ``fake.client_id``/``fake.client_secret``. A wrong secret gets Entra's ``invalid_client`` /
+  AADSTS7000215, an unknown client ``unauthorized_client`` / AADSTS700016.
+* workload identity (``WorkloadIdentityCredential``): ``client_assertion`` of type jwt-bearer for the
+  app or for any user-assigned identity's client ID (on AKS the pod federates to the UAMI). The
+  assertion must look like a JWT; its signature is not checked (the lab's token file is not signed
+  by a real issuer), but an ``aud`` other than ``api://AzureADTokenExchange`` is refused.
+
+Tokens are opaque random strings remembered with their audience, so ARM accepts only ARM tokens
+and Key Vault only Key Vault tokens, as the real services do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from .state import FakeState, Token, b64url_decode, now_utc
+from .wire import Request, Response
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+TOKEN_LIFETIME = dt.timedelta(hours=1)
+
+
+def _aad_error(status: int, error: str, code: int, description: str) -> Response:
+    trace = uuid.uuid4()
+    stamp = now_utc().strftime("%Y-%m-%d %H:%M:%SZ")
+    return Response(
+        status,
+        {
+            "error": error,
+            "error_description": f"AADSTS{code}: {description} Trace ID: {trace} Timestamp: {stamp}",
+            "error_codes": [code],
+            "timestamp": stamp,
+            "trace_id": str(trace),
+            "correlation_id": str(uuid.uuid4()),
+        },
+    )
+
+
+def discovery(base_url: str, tenant: str) -> Response:
+    return Response(
+        200,
+        {
+            "token_endpoint": f"{base_url}/{tenant}/oauth2/v2.0/token",
+            "authorization_endpoint": f"{base_url}/{tenant}/oauth2/v2.0/authorize",
+            "issuer": f"{base_url}/{tenant}/v2.0",
+            "jwks_uri": f"{base_url}/{tenant}/discovery/v2.0/keys",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
+            "response_types_supported": ["code", "id_token", "token"],
+            "tenant_region_scope": "EU",
+        },
+    )
+
+
+def _scope_audience(scope: str) -> str:
+    first = scope.split()[0] if scope.split() else ""
+    return first.removesuffix("/.default").rstrip("/")
+
+
+def _assertion_problem(assertion: str) -> str | None:
+    parts = assertion.strip().split(".")
+    if len(parts) != 3 or not all(parts[:2]):
+        return "JWT token is invalid or malformed."
+    try:
+        payload = json.loads(b64url_decode(parts[1]))
+    except ValueError:
+        return "JWT token is invalid or malformed."
+    aud = payload.get("aud") if isinstance(payload, dict) else None
+    auds = aud if isinstance(aud, list) else [aud]
+    if aud is not None and "api://AzureADTokenExchange" not in auds:
+        return "Invalid audience in client assertion: expected api://AzureADTokenExchange."
+    return None
+
+
+def token(state: FakeState, tenant: str, request: Request) -> Response:
+    form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
+    if tenant.lower() != state.tenant_id.lower():
+        return _aad_error(400, "invalid_request", 90002, f"Tenant '{tenant}' not found.")
+    if form.get("grant_type") != "client_credentials":
+        return _aad_error(400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.")
+    client_id = form.get("client_id", "")
+    scope = form.get("scope", "")
+    if not scope:
+        return _aad_error(400, "invalid_request", 900144, "The request body must contain the parameter: 'scope'.")
+    known = state.clients.get(client_id)
+    identity = next((i for i in state.identities.values() if i.client_id == client_id), None)
+    if known is None and identity is None:
+        return _aad_error(
+            400,
+            "unauthorized_client",
+            700016,
+            f"Application with identifier '{client_id}' was not found in the directory '{tenant}'.",
+        )
+    if "client_assertion" in form:
+        if form.get("client_assertion_type") != JWT_BEARER:
+            return _aad_error(400, "invalid_request", 50027, "Invalid client assertion type.")
+        problem = _assertion_problem(form["client_assertion"])
+        if problem:
+            return _aad_error(400, "invalid_client", 50027, problem)
+    elif "client_secret" in form:
+        expected = known[1] if known else None
+        if expected is None or not secrets.compare_digest(form["client_secret"], expected):
+            return _aad_error(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client "
+                f"secret value, not the client secret ID, for a secret added to app '{client_id}'.",
+            )
+    else:
+        return _aad_error(
+            401,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        )
+    principal = known[0] if known else identity.principal_id  # type: ignore[union-attr]
+    access = secrets.token_urlsafe(32)
+    state.tokens[access] = Token(client_id, principal, _scope_audience(scope), now_utc() + TOKEN_LIFETIME)
+    seconds = int(TOKEN_LIFETIME.total_seconds())
+    body: dict[str, Any] = {
+        "token_type": "Bearer",
+        "expires_in": seconds,
+        "ext_expires_in": seconds,
+        "access_token": access,
+    }
+    return Response(200, body)
+
+
+def bearer(state: FakeState, request: Request) -> Token | None:
+    """The valid token of a request, or None (missing, unknown or expired)."""
+    header = request.header("authorization")
+    if not header.lower().startswith("bearer "):
+        return None
+    tok = state.tokens.get(header[7:].strip())
+    if tok is None or tok.expires <= now_utc():
+        return None
+    return tok
