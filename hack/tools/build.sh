@@ -19,11 +19,13 @@ export GOPATH="$cache/go/path" GOCACHE="$cache/go/cache" GOMODCACHE="$cache/go/p
 export GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 GOTOOLCHAIN=local
 
 # build NAME STAMP BINARY=PACKAGE... : build the packages of hack/tools/NAME unless the
-# stamp (the pinned version plus the wrapper go.mod's hash) matches and every binary exists.
+# stamp (the pinned version plus the hash of the wrapper's go.mod and Go sources) matches and every binary exists.
 build() {
   local name=$1 version=$2; shift 2
-  local stamp stampfile="$cache/stamps/$name" pair ok=1
-  stamp="$version $(sha256sum "$here/$name/go.mod" | cut -c1-16)"
+  local stamp stampfile="$cache/stamps/$name" pair ok=1 f files=("$here/$name/go.mod")
+  # A wrapper's own Go sources count too (lua, kstatus), so editing them rebuilds the binary.
+  for f in "$here/$name"/*.go; do [[ -e $f ]] && files+=("$f"); done
+  stamp="$version $(cat "${files[@]}" | sha256sum | cut -c1-16)"
   for pair in "$@"; do [[ -x "$bin/${pair%%=*}" ]] || ok=0; done
   if [[ $ok == 1 && -f "$stampfile" && "$(cat "$stampfile")" == "$stamp" ]]; then
     echo "tools: $name $version up to date"; return
@@ -54,3 +56,6 @@ build kubernetes "$KUBERNETES_VERSION" \
   kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kubectl=k8s.io/kubernetes/cmd/kubectl
 build etcd "$ETCD_VERSION" etcd=go.etcd.io/etcd/server/v3 etcdctl=go.etcd.io/etcd/etcdctl/v3
 build helm "$HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm
+# Test-only runners for our Argo CD health script and for Flux's kstatus (hack/tools/{lua,kstatus}).
+build lua "$GOPHER_LUA_VERSION" argocd-lua=.
+build kstatus "$CLI_UTILS_VERSION" kstatus=.

@@ -9,7 +9,7 @@ root=$(cd "$here/../.." && pwd)
 export GOPATH="$root/.cache/go/path" GOCACHE="$root/.cache/go/cache" GOMODCACHE="$root/.cache/go/path/pkg/mod"
 export GOFLAGS="-mod=mod -buildvcs=false" GOTOOLCHAIN=local
 
-# fresh NAME: start hack/tools/NAME/go.mod from nothing.
+# fresh NAME: start hack/tools/NAME/go.mod from nothing (a wrapper's own main.go, if any, stays).
 fresh() { rm -f "$here/$1/go.mod" "$here/$1/go.sum"; (cd "$here/$1" && go mod init "aks-kms-operator/hack/tools/$1" >/dev/null 2>&1 && go mod edit -go=1.25.0); }
 
 # Kubernetes: replace every staging module that k8s.io/kubernetes points at ./staging.
@@ -30,4 +30,11 @@ fresh etcd
 
 fresh helm
 (cd "$here/helm" && go get -tool "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
-echo "pinned: kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION"
+# Our own small mains (health-check runners for tests): pin the library, then let tidy fill go.sum.
+fresh lua
+(cd "$here/lua" && go get "github.com/yuin/gopher-lua@$GOPHER_LUA_VERSION" && go mod tidy)
+
+fresh kstatus
+(cd "$here/kstatus" && go get "sigs.k8s.io/cli-utils@$CLI_UTILS_VERSION" && go mod tidy)
+echo "pinned: kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION," \
+  "gopher-lua $GOPHER_LUA_VERSION, cli-utils $CLI_UTILS_VERSION"
