@@ -1,0 +1,609 @@
+"""The planner: from what the user wants and what AKS reports to the one next step (design.md 2.2).
+
+Pure and level-based. Every reconcile observes the cluster, the keys and our own status ledger,
+then calls ``plan_next_step``; the handler performs exactly the step it returns, records the
+result in status and requeues. Nothing here remembers anything between calls, so a restarted
+operator gets the same next step from the same inputs (invariant 8).
+
+How a handler acts on a ``Decision`` (``next_step``):
+
+* ``Check``: gather ``PreflightFacts`` for ``decision.steps[1]`` (the write it guards), run
+  ``preflight.run_preflight`` and call ``plan_next_step`` again with ``findings=``. The answer is
+  the write, a ``Wait`` or a ``Blocked``. Check is repeated before every write, so it is never
+  stored as done.
+* ``Enable`` / ``Update`` / ``Disable``: create the canary, GET the cluster, PUT it with If-Match,
+  and once ARM accepts, store ``operation_for(step, …)`` in status.operation. One write per step.
+* ``WaitForKeySwitch``: probe the canary. When the switch is proven, store
+  ``status_after_key_switch``; until then raise a temporary error.
+* ``Rewrite``: run (or resume) the rewrite toward ``step.key_id``; when it completes, store
+  ``status_after_rewrite``.
+* ``Wait``: requeue after ``delay``. ``Blocked``: Stalled with ``reason`` and ``fix``.
+  ``Ready``: requeue after ``delay`` to keep watching key versions and expiry.
+
+The safety invariants of design.md 2.3 that concern sequencing are all enforced here:
+
+1. A write (Enable, Update or Disable) is planned only when ``status.encryptedWith`` equals the
+   key AKS writes with now. Every AKS write shifts its two slots (new, old-current) and drops
+   old-previous, so this is exactly "no Secret may remain under the key that drops out". A second
+   rotation requested before the first rewrite finished is therefore sequenced: Rewrite first.
+2. No write while ``provisioningState`` is not terminal (``Wait`` ClusterBusy), and while a write
+   of ours is in flight the answer is to wait on it, never to write again.
+3. A Rewrite toward a key runs only after the switch to that key was proven:
+   ``status.rewrite.targetKeyId`` is set only by ``status_after_key_switch``, and a Rewrite
+   toward any other key is preceded by ``WaitForKeySwitch``.
+4. ``keyVaultNetworkAccess`` (and the Private vault) is never changed while enabled: such a change
+   is planned as Disable, WaitForKeySwitch, Rewrite, Check, Enable(new mode), WaitForKeySwitch,
+   Rewrite.
+7. The ledger helpers below move a key to ``retirable`` only when AKS holds it in no slot and no
+   Secret can be under it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .api.v1alpha1 import (
+    KeyLedger,
+    KeyRecord,
+    OperationStatus,
+    PlanStatus,
+    PolicySpec,
+    PolicyStatus,
+    RewriteStatus,
+)
+from .model import IDENTITY, ClusterState, KeyRef, KeyState, same_key
+from .preflight import KMS_V2_MINIMUM, Finding, Reason, Severity, blocking, ordered, waiting
+from .preflight import warnings as warning_findings
+
+BUSY_RETRY = 30.0  # seconds: AKS operations take minutes; polling faster only costs ARM reads
+MAX_RETIRABLE = 16  # status.keys.retirable maxItems
+
+
+class Step(StrEnum):
+    """Plan steps (the first six) and the three outcomes that need no action of their own."""
+
+    CHECK = "Check"
+    ENABLE = "Enable"
+    UPDATE = "Update"
+    DISABLE = "Disable"
+    WAIT_FOR_KEY_SWITCH = "WaitForKeySwitch"
+    REWRITE = "Rewrite"
+    READY = "Ready"
+    WAIT = "Wait"
+    BLOCKED = "Blocked"
+
+
+WRITE_STEPS = frozenset({Step.ENABLE, Step.UPDATE, Step.DISABLE})
+OUTCOMES = frozenset({Step.READY, Step.WAIT, Step.BLOCKED})
+
+_PHASES = {
+    Step.CHECK: "Checking",
+    Step.ENABLE: "UpdatingCluster",
+    Step.UPDATE: "UpdatingCluster",
+    Step.DISABLE: "UpdatingCluster",
+    Step.WAIT_FOR_KEY_SWITCH: "WaitingForKeySwitch",
+    Step.REWRITE: "Rewriting",
+    Step.READY: "Ready",
+    Step.BLOCKED: "Blocked",
+}
+
+
+def _same(a: str, b: str) -> bool:
+    """Key IDs (or ``IDENTITY``) compare equal regardless of URL spelling."""
+    return same_key(a, b)
+
+
+def short(key_id: str) -> str:
+    """``vault/key/version-prefix`` for messages; ``identity`` and unparsable IDs as they are."""
+    if not key_id or key_id == IDENTITY:
+        return key_id or "(none)"
+    try:
+        return KeyRef.parse(key_id).display
+    except ValueError:
+        return key_id
+
+
+@dataclass(frozen=True)
+class KmsConfig:
+    """The securityProfile.azureKeyVaultKms that matters for planning, desired or observed."""
+
+    enabled: bool
+    key_id: str = ""
+    network_access: str = "Public"
+    vault_resource_id: str = ""
+
+    @classmethod
+    def of_cluster(cls, cluster: ClusterState) -> KmsConfig:
+        return cls(cluster.kms_enabled, cluster.key_id, cluster.network_access or "Public",
+                   cluster.vault_resource_id)
+
+    @property
+    def write_key(self) -> str:
+        """The key the API server writes new Secrets with under this configuration."""
+        return self.key_id if self.enabled else IDENTITY
+
+    def same_mode(self, other: KmsConfig) -> bool:
+        """Network access and (for Private) the vault; changing either needs Disable→Enable."""
+        return (self.network_access.lower() == other.network_access.lower()
+                and self.vault_resource_id.rstrip("/").lower() == other.vault_resource_id.rstrip("/").lower())
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One step with its arguments.
+
+    ``key_id`` is the key the API server writes with once the step is done (``IDENTITY`` for
+    Disable and for the rewrite that follows it). For writes, ``replaces`` is the key AKS writes
+    with before the step: it moves to AKS's previous slot, and preflight checks it stays valid.
+    """
+
+    step: Step
+    key_id: str = ""
+    network_access: str = ""
+    vault_resource_id: str = ""
+    replaces: str = ""
+
+    @property
+    def writes(self) -> bool:
+        return self.step in WRITE_STEPS
+
+    def __str__(self) -> str:
+        return f"Enable({self.network_access})" if self.step is Step.ENABLE else self.step.value
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do now, and the rest of the plan.
+
+    ``next_step`` is an action (Check … Rewrite) or an outcome (Ready, Wait, Blocked). ``steps``
+    is the remaining plan, the step to perform (or the one being waited on or blocked) first.
+    """
+
+    next_step: Step
+    steps: tuple[PlannedStep, ...]
+    reason: str
+    message: str
+    fix: str = ""
+    delay: float | None = None  # seconds until the handler should look again
+    phase: str = "Pending"
+    warnings: tuple[Finding, ...] = ()
+    discard_operation: bool = False  # status.operation is finished or superseded: clear it
+    desired: KmsConfig | None = None
+
+    @property
+    def step(self) -> PlannedStep | None:
+        """The step to perform now, with its arguments (None for Ready)."""
+        return self.steps[0] if self.steps else None
+
+    @property
+    def writes(self) -> bool:
+        return self.next_step in WRITE_STEPS
+
+    @property
+    def acts(self) -> bool:
+        return self.next_step not in OUTCOMES
+
+
+# ------------------------------------------------------------------------------ desired state
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``90s``, ``1h30m``, ``720h``, ``250ms`` (the CRD's duration pattern) as a timedelta."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+)(ms|s|m|h)", text or "")
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return dt.timedelta(seconds=sum(int(n) * units[u] for n, u in parts))
+
+
+def _seconds(text: str, default: float) -> float:
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError:
+        return default
+
+
+def newest_version(key_id: str, versions: Iterable[KeyState], now: dt.datetime | None = None) -> str | None:
+    """The newest usable version of the key named by ``key_id`` (versioned or not) among ``versions``.
+
+    Usable: exists, enabled and, when ``now`` is given, neither expired nor not yet valid; AKS
+    would reject anything else. Newest by Key Vault's ``created_on``; ties (and missing dates)
+    are broken by the key ID so the answer never depends on input order.
+    """
+    try:
+        base = KeyRef.parse(key_id)
+    except ValueError:
+        return None
+    usable: list[tuple[dt.datetime, str]] = []
+    floor = dt.datetime.min.replace(tzinfo=dt.UTC)
+    for v in versions:
+        try:
+            ref = KeyRef.parse(v.key_id)
+        except ValueError:
+            continue
+        if (ref.vault_url, ref.name) != (base.vault_url, base.name) or not ref.versioned:
+            continue
+        if not (v.exists and v.enabled):
+            continue
+        if now is not None and (v.expired(now) or v.not_yet_valid(now)):
+            continue
+        usable.append((v.created_on or floor, ref.key_id))
+    return max(usable)[1] if usable else None
+
+
+def desired_config(spec: PolicySpec, key_versions: Sequence[KeyState] = (), now: dt.datetime | None = None,
+                   *, deleting: bool = False) -> KmsConfig | Finding:
+    """The configuration AKS should end up with, or the blocking finding that prevents knowing it."""
+    kms = spec.kms
+    if not kms.enabled or (deleting and spec.deletion_policy == "Disable"):
+        return KmsConfig(False)
+    key = kms.key_id
+    if spec.rotation.follow_latest_version:
+        latest = newest_version(key, key_versions, now)
+        if latest is None:
+            return Finding(Reason.KEY_NOT_FOUND, Severity.BLOCK,
+                           f"no enabled, valid version of {short(key)} was found to follow",
+                           f"az keyvault key rotate --id {key}  # or enable an existing version")
+        key = latest
+    else:
+        try:
+            versioned = KeyRef.parse(key).versioned
+        except ValueError:
+            versioned = False
+        if not versioned:  # admission refuses this; kept so a bad object can never reach AKS
+            return Finding("KeyIdNotVersioned", Severity.BLOCK,
+                           f"spec.kms.keyId {key!r} is not a versioned Key Vault key URL",
+                           "set spec.kms.keyId to …/keys/<name>/<version>, or spec.rotation.followLatestVersion")
+    private = kms.key_vault_network_access == "Private"
+    return KmsConfig(True, key, kms.key_vault_network_access, kms.key_vault_resource_id if private else "")
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+
+def _rewrite_steps(key: str, proven: bool) -> list[PlannedStep]:
+    out = [] if proven else [PlannedStep(Step.WAIT_FOR_KEY_SWITCH, key)]
+    return [*out, PlannedStep(Step.REWRITE, key)]
+
+
+def _change_steps(desired: KmsConfig, observed: KmsConfig) -> list[PlannedStep]:
+    """The writes (each behind a Check and followed by its key switch and rewrite) from observed to desired."""
+    enable = [
+        PlannedStep(Step.CHECK, desired.key_id, desired.network_access, desired.vault_resource_id, IDENTITY),
+        PlannedStep(Step.ENABLE, desired.key_id, desired.network_access, desired.vault_resource_id, IDENTITY),
+        *_rewrite_steps(desired.key_id, proven=False),
+    ]
+    disable = [
+        PlannedStep(Step.CHECK, IDENTITY, replaces=observed.key_id),
+        PlannedStep(Step.DISABLE, IDENTITY, replaces=observed.key_id),
+        *_rewrite_steps(IDENTITY, proven=False),
+    ]
+    if desired.enabled and not observed.enabled:
+        return enable
+    if not desired.enabled:
+        return disable if observed.enabled else []
+    if not desired.same_mode(observed):
+        # Invariant 4: AKS does not support changing network access while enabled; go through
+        # plaintext. The second Check is real: the Enable is a write of its own, hours later.
+        return disable + enable
+    if not _same(desired.key_id, observed.key_id):
+        return [
+            PlannedStep(Step.CHECK, desired.key_id, desired.network_access, desired.vault_resource_id,
+                        observed.key_id),
+            PlannedStep(Step.UPDATE, desired.key_id, desired.network_access, desired.vault_resource_id,
+                        observed.key_id),
+            *_rewrite_steps(desired.key_id, proven=False),
+        ]
+    return []
+
+
+def remaining_steps(desired: KmsConfig, observed: KmsConfig, status: PolicyStatus) -> list[PlannedStep]:
+    """Everything still to do, from the observed configuration and the ledger alone.
+
+    The ledger is behind when ``encryptedWith`` is not the key AKS writes with: the last rewrite
+    has not completed (or never ran: adoption, or a change made outside the operator). That
+    rewrite comes first, whatever else changed (invariant 1). It needs a proven key switch:
+    ``rewrite.targetKeyId`` equal to the key means the switch was proven and the rewrite can go on
+    from its checkpoint; otherwise WaitForKeySwitch goes first (invariant 3).
+    """
+    aks_key = observed.write_key
+    steps: list[PlannedStep] = []
+    if not _same(status.encrypted_with, aks_key):
+        steps += _rewrite_steps(aks_key, proven=_same(status.rewrite.target_key_id, aks_key))
+    return steps + _change_steps(desired, observed)
+
+
+def _kms_v1_warning(cluster: ClusterState, desired: KmsConfig, observed: KmsConfig) -> list[Finding]:
+    minor = cluster.kubernetes_minor
+    if minor == (0, 0) or minor >= KMS_V2_MINIMUM or not (desired.enabled or observed.enabled):
+        return []
+    return [Finding(Reason.KMS_V1, Severity.WARN,
+                    f"Kubernetes {cluster.kubernetes_version} runs KMS v1 (at most 2,000 Secrets); the move to "
+                    "KMS v2 (disable, rewrite, upgrade to 1.27+, enable, rewrite) is opt-in and not automated",
+                    "set spec.kms.enabled: false and wait for Ready, az aks upgrade to 1.27 or later, then "
+                    "set spec.kms.enabled: true")]
+
+
+def plan_next_step(
+    spec: PolicySpec,
+    cluster: ClusterState,
+    status: PolicyStatus,
+    *,
+    key_versions: Sequence[KeyState] = (),
+    findings: Sequence[Finding] | None = None,
+    now: dt.datetime | None = None,
+    deleting: bool = False,
+) -> Decision:
+    """The next step toward ``spec``, given what AKS reports and what our status records.
+
+    ``key_versions``: versions of the spec's key (needed for followLatestVersion). ``findings``:
+    the preflight result for the write behind a ``Check`` (None: not checked in this reconcile).
+    ``now`` filters expired and not-yet-valid versions when following the latest one.
+    ``deleting``: the policy is being deleted; deletionPolicy decides what that means.
+    """
+    ready_delay = _seconds(spec.rotation.check_interval, 3600.0)
+    observed = KmsConfig.of_cluster(cluster)
+
+    if deleting and spec.deletion_policy != "Disable":
+        return Decision(Step.READY, (), "Retained", "deletionPolicy Retain: AKS is left as it is",
+                        phase="Deleting", discard_operation=bool(status.operation.step))
+
+    wanted = desired_config(spec, key_versions, now, deleting=deleting)
+    if isinstance(wanted, Finding):
+        return _outcome(Step.BLOCKED, (), wanted, ready_delay, deleting, None)
+    desired = wanted
+    notes = _kms_v1_warning(cluster, desired, observed)
+
+    def decide(next_step: Step, steps: Sequence[PlannedStep], reason: str, message: str, *, fix: str = "",
+               delay: float | None = None, phase: str | None = None, discard: bool = False,
+               extra: Sequence[Finding] = ()) -> Decision:
+        chosen = phase or _PHASES.get(next_step, "Pending")
+        if deleting and next_step is not Step.BLOCKED:
+            chosen = "Deleting"
+        return Decision(next_step, tuple(steps), reason, message, fix, delay, chosen,
+                        tuple(ordered([*notes, *extra])), discard, desired)
+
+    # An ARM write of ours was accepted: wait for it, never write again (invariant 2).
+    op = status.operation
+    discard = False
+    if op.step:
+        op_key = op.target_key_id or IDENTITY
+        reflected = _same(observed.write_key, op_key)
+        if cluster.busy:
+            tail = remaining_steps(desired, observed, status) if reflected else _rewrite_steps(op_key, False)
+            held = PlannedStep(Step(op.step), op_key, observed.network_access, observed.vault_resource_id)
+            return decide(Step.WAIT, [held, *tail], "ClusterUpdating",
+                          f"AKS is applying {op.step} to {short(op_key)} "
+                          f"(provisioningState {cluster.provisioning_state})",
+                          delay=BUSY_RETRY, phase="UpdatingCluster")
+        if not reflected:
+            if cluster.provisioning_state == "Failed":
+                return decide(Step.BLOCKED, [], "ClusterUpdateFailed",
+                              f"AKS ended {op.step} to {short(op_key)} in Failed without applying it",
+                              fix="read the error in the cluster's activity log, fix its cause, then "
+                                  "az aks update -g <resource-group> -n <cluster> to return it to Succeeded",
+                              delay=ready_delay)
+            # Canceled, or replaced by someone else's write: the operation is over without effect.
+            discard = True
+
+    steps = remaining_steps(desired, observed, status)
+    if op.step and (not steps or steps[0].step is not Step.WAIT_FOR_KEY_SWITCH):
+        discard = True
+
+    if not steps:
+        what = (f"AKS encrypts Secrets with {short(observed.key_id)} and every Secret is written under it"
+                if observed.enabled else "KMS is disabled and every Secret is stored without KMS")
+        return decide(Step.READY, [], "InSync", what, delay=ready_delay, discard=discard)
+
+    first = steps[0]
+    if first.step is Step.WAIT_FOR_KEY_SWITCH:
+        if cluster.busy:  # the API server may still be rolling: a probe now proves nothing
+            return decide(Step.WAIT, steps, "ClusterBusy",
+                          f"waiting for AKS ({cluster.provisioning_state}) before proving the switch to "
+                          f"{short(first.key_id)}", delay=BUSY_RETRY, phase="WaitingForKeySwitch", discard=discard)
+        return decide(Step.WAIT_FOR_KEY_SWITCH, steps, "WaitingForKeySwitch",
+                      f"proving every API server writes with {short(first.key_id)}", discard=discard)
+    if first.step is Step.REWRITE:
+        if spec.rewrite.paused:
+            return decide(Step.WAIT, steps, "RewritePaused",
+                          f"rewrite toward {short(first.key_id)} paused by spec.rewrite.paused",
+                          delay=ready_delay, phase="Paused", discard=discard)
+        return decide(Step.REWRITE, steps, "Rewriting", f"re-encrypting Secrets for {short(first.key_id)}",
+                      discard=discard)
+
+    # first is a Check guarding the write steps[1].
+    write = steps[1]
+    if cluster.busy:
+        return decide(Step.WAIT, steps, "ClusterBusy",
+                      f"AKS is {cluster.provisioning_state}; {write} waits until it is Succeeded, Failed or "
+                      "Canceled", delay=BUSY_RETRY, phase="Pending", discard=discard)
+    if findings is None:
+        return decide(Step.CHECK, steps, "Checking",
+                      f"checking prerequisites for {write} to {short(write.key_id)}", discard=discard)
+    found = ordered(findings)
+    blockers, waits = blocking(found), waiting(found)
+    if blockers:
+        b = blockers[0]
+        more = f" (+{len(blockers) - 1} more)" if len(blockers) > 1 else ""
+        return decide(Step.BLOCKED, steps, b.reason, b.message + more, fix=b.fix, delay=ready_delay,
+                      discard=discard, extra=[f for f in found if f is not b])
+    if waits:
+        w = waits[0]
+        return decide(Step.WAIT, steps, w.reason, w.message, fix=w.fix, delay=BUSY_RETRY, phase="Pending",
+                      discard=discard, extra=warning_findings(found))
+    return decide(write.step, steps[1:], write.step.value, f"{write} to {short(write.key_id)}",
+                  discard=discard, extra=warning_findings(found))
+
+
+def _outcome(step: Step, steps: tuple[PlannedStep, ...], finding: Finding, delay: float, deleting: bool,
+             desired: KmsConfig | None) -> Decision:
+    return Decision(step, steps, finding.reason, finding.message, finding.fix, delay,
+                    "Blocked" if step is Step.BLOCKED else ("Deleting" if deleting else "Pending"), (), False, desired)
+
+
+def describe(decision: Decision) -> str:
+    """One line for status.message: what happens now, the rest of the plan, and the fix if stalled."""
+    text = decision.message
+    rest = [str(s) for s in decision.steps]
+    if decision.next_step not in (Step.READY,) and rest:
+        text += f"; plan: {' → '.join(rest)}"
+    if decision.fix:
+        text += f". Fix: {decision.fix}"
+    return text
+
+
+def plan_status(previous: PlanStatus, decision: Decision, generation: int) -> PlanStatus:
+    """status.plan: the whole plan for this generation and the index of the step in progress.
+
+    The planner only knows what remains; when that is a tail of the plan stored for the same
+    generation, the stored plan is kept and ``current`` advances, otherwise the plan starts anew.
+    """
+    remaining = tuple(str(s) for s in decision.steps)
+    target = ""
+    if decision.desired is not None and decision.desired.enabled:
+        target = decision.desired.key_id
+    same_generation = previous.generation == generation and previous.steps
+    if same_generation and len(remaining) <= len(previous.steps) and (
+        not remaining or previous.steps[len(previous.steps) - len(remaining):] == remaining
+    ):
+        return PlanStatus(previous.steps, len(previous.steps) - len(remaining), target, generation)
+    return PlanStatus(remaining, 0, target, generation)
+
+
+# ---------------------------------------------------------------------------------- the ledger
+
+
+def _iso(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def key_record(key_id: str, state: KeyState | None = None) -> KeyRecord:
+    """A ledger entry for a key version, with Key Vault's attributes when known."""
+    if not key_id or key_id == IDENTITY:
+        return KeyRecord()
+    expires = _iso(state.expires_on) if state and state.expires_on else ""
+    return KeyRecord(key_id=key_id, name=short(key_id), enabled=state.enabled if state else True,
+                     expires_on=expires)
+
+
+def _record(key_id: str, known: Iterable[KeyRecord]) -> KeyRecord:
+    for r in known:
+        if r.key_id and _same(r.key_id, key_id):
+            return dataclasses.replace(r, retired_at="")
+    return key_record(key_id)
+
+
+def _retire(retirable: Sequence[KeyRecord], dropped: Iterable[KeyRecord], keep: Sequence[str],
+            at: dt.datetime) -> tuple[KeyRecord, ...]:
+    """Add dropped keys to the retirable list; keys AKS holds again (``keep``) leave it."""
+    out = [r for r in retirable if not any(_same(r.key_id, k) for k in keep)]
+    for r in dropped:
+        if not r.key_id or any(_same(r.key_id, k) for k in keep) or any(_same(r.key_id, o.key_id) for o in out):
+            continue
+        out.append(dataclasses.replace(r, retired_at=_iso(at)))
+    return tuple(out[-MAX_RETIRABLE:])
+
+
+def ledger_after_write(ledger: KeyLedger, *, written: str, before: str, at: dt.datetime) -> KeyLedger:
+    """The ledger once an AKS write took effect (the key switch to ``written`` is proven).
+
+    Rules, from AKS's two-slot behaviour (reference 8):
+
+    * AKS's slots become (``written``, ``before``): current is the key written (empty when the
+      write disabled KMS: identity needs no key), previous is the key AKS wrote with before (empty
+      when it was identity). Secrets under ``before`` stay readable until the rewrite ends, so
+      it must stay enabled and unexpired.
+    * Every other key in the ledger (normally the old previous) leaves AKS's slots. It becomes
+      retirable at once: the planner allows a write only when every Secret is under ``before``,
+      so nothing is encrypted under it (invariant 7).
+
+    Rotate A→B: current B, previous A. Rotate B→C (only after the B rewrite): current C,
+    previous B, A retirable. Disable from A: current empty, previous A.
+
+    Applied when the switch is proven rather than when ARM accepts the PUT: until then old API
+    server replicas still hold the old previous key, and a write that never takes effect (canceled)
+    leaves the ledger untouched.
+    """
+    known = (ledger.current, ledger.previous, *ledger.retirable)
+    current = _record(written, known) if written != IDENTITY else KeyRecord()
+    previous = _record(before, known) if before and before != IDENTITY and not _same(before, written) else KeyRecord()
+    keep = [k for k in (written, before) if k and k != IDENTITY]
+    return KeyLedger(current, previous, _retire(ledger.retirable, (ledger.current, ledger.previous), keep, at))
+
+
+def ledger_after_rewrite(ledger: KeyLedger, *, completed: str, at: dt.datetime) -> KeyLedger:
+    """The ledger once every Secret is confirmed written under ``completed``.
+
+    * KMS enabled: nothing retires. The previous key holds no Secret now, but AKS keeps it loaded
+      in its previous slot until the next rotation (the two-key rule), so it must stay valid.
+    * KMS disabled (``completed`` is identity): the key AKS was disabled from becomes retirable.
+      AKS keeps it only to read Secrets not yet rewritten ("the key is still needed until the
+      rewrite ends", reference 8); with the rewrite done no Secret is under it.
+    * If the ledger's current key is not ``completed`` (the operator adopted the cluster, or
+      someone changed AKS outside the operator), the slots are first brought in line with
+      ``ledger_after_write`` with the ledger's current as ``before``. After a completed rewrite no
+      Secret is under any other key, so whatever that retires is safe.
+    """
+    if completed == IDENTITY:
+        return KeyLedger(KeyRecord(), KeyRecord(), _retire(ledger.retirable, (ledger.current, ledger.previous), [], at))
+    if not _same(ledger.current.key_id, completed):
+        ledger = ledger_after_write(ledger, written=completed, before=ledger.current.key_id, at=at)
+    return ledger
+
+
+def refresh_ledger(ledger: KeyLedger, states: Iterable[KeyState]) -> KeyLedger:
+    """Copy Key Vault's enabled flag and expiry into the ledger entries (for status and warnings)."""
+    by_key = list(states)
+
+    def fresh(r: KeyRecord) -> KeyRecord:
+        for s in by_key:
+            if r.key_id and _same(r.key_id, s.key_id):
+                rec = key_record(r.key_id, s)
+                return dataclasses.replace(r, enabled=rec.enabled, expires_on=rec.expires_on)
+        return r
+
+    return KeyLedger(fresh(ledger.current), fresh(ledger.previous), tuple(fresh(r) for r in ledger.retirable))
+
+
+# ------------------------------------------------------------------ status after each step
+
+
+def operation_for(step: PlannedStep, *, started_at: dt.datetime, canary_resource_version: str = "") -> OperationStatus:
+    """status.operation to store once ARM accepted the write of ``step``."""
+    if not step.writes:
+        raise ValueError(f"{step} is not an ARM write")
+    return OperationStatus(step=step.step.value, target_key_id="" if step.key_id == IDENTITY else step.key_id,
+                           started_at=_iso(started_at), canary_resource_version=canary_resource_version)
+
+
+def status_after_key_switch(status: PolicyStatus, step: PlannedStep, *, at: dt.datetime) -> PolicyStatus:
+    """Status once WaitForKeySwitch proved every API server writes with ``step.key_id``.
+
+    Clears the operation, shifts the ledger when the switch follows our write, and opens the
+    rewrite toward the key: its ``targetKeyId`` is the proof the planner reads (invariant 3).
+    ``before`` is ``encryptedWith`` because the planner allowed the write only when it equalled
+    the key AKS wrote with.
+    """
+    keys = status.keys
+    if status.operation.step:
+        keys = ledger_after_write(keys, written=step.key_id, before=status.encrypted_with, at=at)
+    return dataclasses.replace(status, operation=OperationStatus(), keys=keys,
+                               rewrite=RewriteStatus(target_key_id=step.key_id, started_at=_iso(at)))
+
+
+def status_after_rewrite(status: PolicyStatus, *, at: dt.datetime) -> PolicyStatus:
+    """Status once the rewrite toward ``status.rewrite.targetKeyId`` finished every namespace."""
+    target = status.rewrite.target_key_id
+    if not target:
+        raise ValueError("no rewrite target recorded")
+    return dataclasses.replace(
+        status,
+        encrypted_with=target,
+        keys=ledger_after_rewrite(status.keys, completed=target, at=at),
+        rewrite=dataclasses.replace(status.rewrite, completed_at=_iso(at)),
+    )
