@@ -35,7 +35,7 @@ The safety invariants of design.md 2.3 that concern sequencing are all enforced 
    is planned as Disable, WaitForKeySwitch, Rewrite, Check, Enable(new mode), WaitForKeySwitch,
    Rewrite.
 7. The ledger helpers below move a key to ``retirable`` only when AKS holds it in no slot and no
-   Secret can be under it.
+   Secret can be under it: that is, when a write moves it out of AKS's slots.
 """
 
 from __future__ import annotations
@@ -512,18 +512,19 @@ def _retire(retirable: Sequence[KeyRecord], dropped: Iterable[KeyRecord], keep: 
 def ledger_after_write(ledger: KeyLedger, *, written: str, before: str, at: dt.datetime) -> KeyLedger:
     """The ledger once an AKS write took effect (the key switch to ``written`` is proven).
 
-    Rules, from AKS's two-slot behaviour (reference 8):
+    AKS's slots after a write (reference 8; ``aks_kms_lab.encryption.KeySlots`` plays the same):
 
-    * AKS's slots become (``written``, ``before``): current is the key written (empty when the
-      write disabled KMS: identity needs no key), previous is the key AKS wrote with before (empty
-      when it was identity). Secrets under ``before`` stay readable until the rewrite ends, so
-      it must stay enabled and unexpired.
-    * Every other key in the ledger (normally the old previous) leaves AKS's slots. It becomes
+    * current: the key written, or empty when the write disabled KMS (identity needs no key);
+    * previous: the key AKS wrote with before (``before``). When KMS was disabled, AKS still
+      reads with the key it was disabled from, and it stays loaded as previous: the ledger keeps
+      its previous entry. The previous key must stay enabled and unexpired.
+    * Every other key in the ledger (normally the old previous) leaves AKS's slots and becomes
       retirable at once: the planner allows a write only when every Secret is under ``before``,
       so nothing is encrypted under it (invariant 7).
 
     Rotate A→B: current B, previous A. Rotate B→C (only after the B rewrite): current C,
-    previous B, A retirable. Disable from A: current empty, previous A.
+    previous B, A retirable. Disable from B (previous A): current empty, previous B, A retirable.
+    Enable C after that: current C, previous B (AKS still loads it).
 
     Applied when the switch is proven rather than when ARM accepts the PUT: until then old API
     server replicas still hold the old previous key, and a write that never takes effect (canceled)
@@ -531,29 +532,31 @@ def ledger_after_write(ledger: KeyLedger, *, written: str, before: str, at: dt.d
     """
     known = (ledger.current, ledger.previous, *ledger.retirable)
     current = _record(written, known) if written != IDENTITY else KeyRecord()
-    previous = _record(before, known) if before and before != IDENTITY and not _same(before, written) else KeyRecord()
-    keep = [k for k in (written, before) if k and k != IDENTITY]
+    # From disabled, AKS keeps reading with the key it was disabled from (ledger.previous).
+    previous = _record(before, known) if before and before != IDENTITY else ledger.previous
+    if previous.key_id and _same(previous.key_id, written):
+        previous = KeyRecord()
+    keep = [k for k in (current.key_id, previous.key_id) if k]
     return KeyLedger(current, previous, _retire(ledger.retirable, (ledger.current, ledger.previous), keep, at))
 
 
 def ledger_after_rewrite(ledger: KeyLedger, *, completed: str, at: dt.datetime) -> KeyLedger:
     """The ledger once every Secret is confirmed written under ``completed``.
 
-    * KMS enabled: nothing retires. The previous key holds no Secret now, but AKS keeps it loaded
-      in its previous slot until the next rotation (the two-key rule), so it must stay valid.
-    * KMS disabled (``completed`` is identity): the key AKS was disabled from becomes retirable.
-      AKS keeps it only to read Secrets not yet rewritten ("the key is still needed until the
-      rewrite ends", reference 8); with the rewrite done no Secret is under it.
-    * If the ledger's current key is not ``completed`` (the operator adopted the cluster, or
-      someone changed AKS outside the operator), the slots are first brought in line with
-      ``ledger_after_write`` with the ledger's current as ``before``. After a completed rewrite no
-      Secret is under any other key, so whatever that retires is safe.
+    Nothing retires here. The previous key now holds no Secret, but AKS keeps it loaded in its
+    previous slot until the next write moves it out (the two-key rule; after a disable the old
+    key stays loaded for reads), and invariant 7 needs both conditions. Retiring it here would
+    invite deleting a key an API server still loads.
+
+    If the ledger's current key is not ``completed`` (the operator adopted the cluster, or
+    someone changed AKS outside the operator), the slots are first brought in line with
+    ``ledger_after_write``, the ledger's current as ``before``. After a completed rewrite no
+    Secret is under any other key, so whatever that retires is safe.
     """
-    if completed == IDENTITY:
-        return KeyLedger(KeyRecord(), KeyRecord(), _retire(ledger.retirable, (ledger.current, ledger.previous), [], at))
-    if not _same(ledger.current.key_id, completed):
-        ledger = ledger_after_write(ledger, written=completed, before=ledger.current.key_id, at=at)
-    return ledger
+    current = ledger.current.key_id or IDENTITY
+    if _same(current, completed):
+        return ledger
+    return ledger_after_write(ledger, written=completed, before=current, at=at)
 
 
 def refresh_ledger(ledger: KeyLedger, states: Iterable[KeyState]) -> KeyLedger:

@@ -518,16 +518,25 @@ def test_rewrite_completion_after_rotation_retires_nothing() -> None:
     assert ledger_after_rewrite(before, completed=KB, at=NOW) == before
 
 
-def test_disable_keeps_the_key_until_the_identity_rewrite_ends() -> None:
+def test_disable_keeps_the_key_loaded_for_reads_as_previous() -> None:
     ledger = ledger_after_write(KeyLedger(current=rec(KB), previous=rec(KA)), written=IDENTITY, before=KB, at=NOW)
     assert (ledger.current.key_id, ledger.previous.key_id, ids(ledger.retirable)) == ("", KB, [KA])
+    # The identity rewrite frees B of Secrets, but AKS still loads it: not retirable yet.
     done = ledger_after_rewrite(ledger, completed=IDENTITY, at=NOW)
-    assert (done.current.key_id, done.previous.key_id, ids(done.retirable)) == ("", "", [KA, KB])
+    assert done == ledger
 
 
-def test_enable_after_disable() -> None:
-    ledger = ledger_after_write(KeyLedger(retirable=(rec(KA),)), written=KB, before=IDENTITY, at=NOW)
-    assert (ledger.current.key_id, ledger.previous.key_id, ids(ledger.retirable)) == (KB, "", [KA])
+def test_enable_after_disable_keeps_the_key_aks_still_reads() -> None:
+    ledger = ledger_after_write(KeyLedger(previous=rec(KA)), written=KB, before=IDENTITY, at=NOW)
+    assert (ledger.current.key_id, ledger.previous.key_id, ledger.retirable) == (KB, KA, ())
+    # The next rotation moves A out of AKS's slots.
+    ledger = ledger_after_write(ledger, written=KC, before=KB, at=NOW)
+    assert (ledger.current.key_id, ledger.previous.key_id, ids(ledger.retirable)) == (KC, KB, [KA])
+
+
+def test_enable_the_key_it_was_disabled_from() -> None:
+    ledger = ledger_after_write(KeyLedger(previous=rec(KA)), written=KA, before=IDENTITY, at=NOW)
+    assert (ledger.current.key_id, ledger.previous.key_id, ledger.retirable) == (KA, "", ())
 
 
 def test_key_used_again_leaves_the_retirable_list() -> None:
@@ -608,7 +617,7 @@ def test_disable_walkthrough() -> None:
     assert (st.keys.current.key_id, st.keys.previous.key_id, ids(st.keys.retirable)) == ("", KB, [KA])
     st = status_after_rewrite(st, at=NOW)
     assert st.encrypted_with == IDENTITY
-    assert ids(st.keys.retirable) == [KA, KB]
+    assert (st.keys.current.key_id, st.keys.previous.key_id, ids(st.keys.retirable)) == ("", KB, [KA])
     assert plan_next_step(spec(False), cluster(False), st).next_step is Step.READY
 
 
