@@ -17,7 +17,7 @@ import base64
 import json
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,10 +115,13 @@ def _temp_pem(data: str | bytes) -> str:
 class KubeClient:
     """One aiohttp session with a bounded keep-alive pool. Use as an async context manager."""
 
-    def __init__(self, credentials: Credentials, *, pool_size: int = 64, timeout: float = 60) -> None:
+    def __init__(self, credentials: Credentials, *, pool_size: int = 64, timeout: float = 60,
+                 trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> None:
+        """``trace_configs`` are handed to aiohttp (tests use them to see the raw response bytes)."""
         self.credentials = credentials
         self._pool_size = pool_size
         self._timeout = timeout
+        self._trace_configs = list(trace_configs)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> KubeClient:
@@ -129,6 +132,7 @@ class KubeClient:
             headers=dict(self.credentials.headers),
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             json_serialize=json.dumps,
+            trace_configs=self._trace_configs or None,
         )
         return self
 
@@ -172,14 +176,20 @@ class KubeClient:
             return json.loads(raw) if raw else {}
 
     async def list_pages(
-        self, path: str, *, limit: int, metadata_only: bool = True, params: Mapping[str, str] | None = None
+        self, path: str, *, limit: int, metadata_only: bool = True, params: Mapping[str, str] | None = None,
+        on_error: Callable[[Exception, int], Awaitable[bool]] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield list pages; on 410 Gone (continue token expired) carry on from the fresh token.
 
         The fresh token from the 410's Status continues from the latest state: an inconsistent list,
         which is fine for re-encryption (anything written since is already under the current key).
+
+        ``on_error(error, attempt)`` (optional) is awaited when a page request fails for any other
+        reason (``KubeError``, ``aiohttp.ClientError``, ``TimeoutError``); if it returns True the same
+        page is requested again (the callback sleeps and bounds the attempts), else the error is raised.
         """
         token = ""
+        attempt = 0
         while True:
             query = {"limit": str(limit), **(params or {})}
             if token:
@@ -187,12 +197,16 @@ class KubeClient:
             try:
                 page = await self.request("GET", path, params=query,
                                           accept=METADATA_LIST if metadata_only else "application/json")
-            except KubeError as err:
-                fresh = (err.body.get("metadata") or {}).get("continue")
-                if err.status == 410 and fresh:
+            except (KubeError, aiohttp.ClientError, TimeoutError) as err:
+                fresh = (err.body.get("metadata") or {}).get("continue") if isinstance(err, KubeError) else None
+                if isinstance(err, KubeError) and err.status == 410 and fresh:
                     token = fresh
                     continue
+                attempt += 1
+                if on_error is not None and await on_error(err, attempt):
+                    continue
                 raise
+            attempt = 0
             yield page
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
