@@ -7,8 +7,9 @@ Managed clusters behave like AKS (``reference/aks-arm-api.md`` sections 4, 5 and
 * ``eTag`` in the body and the ``ETag`` header; a stale ``If-Match`` → 412 ``PreconditionFailed``;
   ``If-None-Match: *`` on an existing cluster → 412; both headers, or ``If-None-Match`` other than
   ``*`` → 400 ``BadRequest``.
-* PUT returns 200 (update) or 201 (create) with ``provisioningState`` ``Updating``/``Creating`` and an
-  ``Azure-AsyncOperation`` header; ``GET .../locations/{loc}/operations/{id}`` answers ``InProgress``
+* PUT of an existing cluster returns 200 with ``provisioningState`` ``Updating`` and an
+  ``Azure-AsyncOperation`` header (creating clusters by PUT is not served: seed them with
+  ``fake.add_cluster``); ``GET .../locations/{loc}/operations/{id}`` answers ``InProgress``
   until a worker thread finishes the operation as ``Succeeded`` or ``Failed`` (the cluster's state
   follows). A PUT while an operation runs → 409 ``OperationNotAllowed``.
 * PUT semantics: the body is merged over the stored object (read-only fields the SDK strips are
