@@ -12,7 +12,7 @@ How a handler acts on a ``Decision`` (``next_step``):
   the write, a ``Wait`` or a ``Blocked``. Check is repeated before every write, so it is never
   stored as done.
 * ``Enable`` / ``Update`` / ``Disable``: create the canary, GET the cluster, PUT it with If-Match,
-  and once ARM accepts, store ``operation_for(step, …)`` in status.operation. One write per step.
+  and once ARM accepts, store ``status_after_write`` (the operation in flight). One write per step.
 * ``WaitForKeySwitch``: probe the canary. When the switch is proven, store
   ``status_after_key_switch``; until then raise a temporary error.
 * ``Rewrite``: run (or resume) the rewrite toward ``step.key_id``; when it completes, store
@@ -582,6 +582,19 @@ def operation_for(step: PlannedStep, *, started_at: dt.datetime, canary_resource
         raise ValueError(f"{step} is not an ARM write")
     return OperationStatus(step=step.step.value, target_key_id="" if step.key_id == IDENTITY else step.key_id,
                            started_at=_iso(started_at), canary_resource_version=canary_resource_version)
+
+
+def status_after_write(status: PolicyStatus, step: PlannedStep, *, at: dt.datetime,
+                       canary_resource_version: str = "") -> PolicyStatus:
+    """Status once ARM accepted the write of ``step``: the operation in flight.
+
+    The slots shift only when the switch is proven (``status_after_key_switch``), but a key that
+    AKS is about to load again leaves the retirable list now: from this moment it may be loaded.
+    """
+    keep = [step.key_id] if step.key_id != IDENTITY else []
+    keys = dataclasses.replace(status.keys, retirable=_retire(status.keys.retirable, (), keep, at))
+    return dataclasses.replace(status, keys=keys, operation=operation_for(
+        step, started_at=at, canary_resource_version=canary_resource_version))
 
 
 def status_after_key_switch(status: PolicyStatus, step: PlannedStep, *, at: dt.datetime) -> PolicyStatus:

@@ -40,6 +40,7 @@ from aks_kms_operator.planning import (
     refresh_ledger,
     status_after_key_switch,
     status_after_rewrite,
+    status_after_write,
 )
 from aks_kms_operator.preflight import Finding, Severity
 
@@ -629,6 +630,15 @@ def test_adoption_walkthrough_proves_switch_without_shifting_slots() -> None:
     assert st.keys == KeyLedger()
     st = status_after_rewrite(st, at=NOW)
     assert st.keys.current.key_id == KA and st.encrypted_with == KA
+
+
+def test_write_takes_a_reused_key_off_the_retirable_list_at_once() -> None:
+    st = status(IDENTITY, keys=KeyLedger(previous=rec(KA), retirable=(rec(KB), rec(KC))))
+    d = plan_next_step(spec(True, KB), cluster(False), st, findings=[])
+    st = status_after_write(st, d.step, at=NOW, canary_resource_version="41")
+    assert ids(st.keys.retirable) == [KC]
+    assert st.operation == OperationStatus("Enable", KB, "2026-06-01T00:00:00Z", "41")
+    assert st.keys.previous.key_id == KA  # slots shift only when the switch is proven
 
 
 def test_operation_for_refuses_non_writes() -> None:
