@@ -1,0 +1,115 @@
+"""The engine's write path on a fake API: outcomes, bounded retries, shared back-off, pause."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aks_kms_operator.kube import KubeError
+from aks_kms_operator.rewrite import MemoryStore, RetryPolicy, RewriteEngine, RewriteOptions, RunState
+
+
+class FakeApi:
+    """Namespaces with Secrets; ``script[name]`` is a list of answers for successive writes:
+    an int (HTTP error status), an exception instance, "same" (RV unchanged) or "new" (RV changed)."""
+
+    def __init__(self, namespaces: dict[str, list[str]], script: dict[str, list[Any]] | None = None) -> None:
+        self.namespaces = namespaces
+        self.script = script or {}
+        self.writes: list[str] = []
+
+    async def list_pages(self, path: str, *, limit: int, on_error: Any = None, **_: Any) -> AsyncIterator[dict]:
+        if path == "/api/v1/namespaces":
+            yield {"items": [{"metadata": {"name": ns}} for ns in self.namespaces]}
+            return
+        ns = path.split("/")[4]
+        names = self.namespaces[ns]
+        for i in range(0, max(len(names), 1), limit):
+            yield {"items": [{"metadata": {"name": n, "uid": f"uid-{n}", "resourceVersion": "1"}}
+                             for n in names[i:i + limit]]}
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        if method == "GET":  # the count for progress
+            return {"items": [], "metadata": {}}
+        name = path.rsplit("/", 1)[1]
+        self.writes.append(name)
+        answers = self.script.get(name) or ["new"]
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, int):
+            raise KubeError(answer, "Reason", "message", retry_after=1.0 if answer == 429 else None)
+        if isinstance(answer, BaseException):
+            raise answer
+        return {"metadata": {"resourceVersion": "1" if answer == "same" else "2"}}
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def run_engine(api: FakeApi, **kwargs: Any) -> Any:
+    t = FakeTime()
+    options = kwargs.pop("options", RewriteOptions(concurrency=3, page_size=2,
+                                                   retry=RetryPolicy(max_attempts=3, max_throttled_attempts=4)))
+    engine = RewriteEngine(api, "key", options=options, clock=t.clock, sleep=t.sleep, **kwargs)  # type: ignore[arg-type]
+    return asyncio.run(engine.run()), t
+
+
+def test_every_outcome_is_counted_once() -> None:
+    api = FakeApi({"a": ["new1", "same1", "gone", "raced", "denied"], "b": ["new2"], "c": []},
+                  {"same1": ["same"], "gone": [404], "raced": [409], "denied": [403]})
+    result, _ = run_engine(api)
+    c = result.counters
+    assert result.state is RunState.COMPLETED
+    assert (c.seen, c.reencrypted, c.already_current, c.skipped, c.failed) == (6, 2, 1, 2, 1)
+    assert c.failures == ["a/denied: 403 Reason: message"]
+    assert sorted(api.writes) == sorted(["new1", "same1", "gone", "raced", "denied", "new2"])
+
+
+def test_transient_errors_are_retried_a_bounded_number_of_times() -> None:
+    api = FakeApi({"a": ["flaky", "broken", "timeout"]},
+                  {"flaky": [503, 500, "new"], "broken": [500], "timeout": [TimeoutError()]})
+    result, _ = run_engine(api)
+    c = result.counters
+    assert (c.reencrypted, c.failed) == (1, 2)
+    assert api.writes.count("flaky") == 3
+    assert api.writes.count("broken") == 3 and api.writes.count("timeout") == 3  # max_attempts, then give up
+    assert any("after 3 attempts" in f for f in c.failures)
+
+
+def test_429_pauses_the_run_and_is_bounded() -> None:
+    api = FakeApi({"a": ["slow", "never"]}, {"slow": [429, 429, "new"], "never": [429]})
+    result, t = run_engine(api)
+    c = result.counters
+    assert (c.reencrypted, c.failed) == (1, 1)
+    assert api.writes.count("never") == 4  # max_throttled_attempts
+    assert result.throttled == 6
+    assert t.now >= 2.0  # Retry-After: 1 s honoured (the pauses overlap between workers)
+
+
+def test_pause_saves_checkpoint_and_resume_skips_finished_namespaces() -> None:
+    api = FakeApi({f"ns{i}": [f"s{i}{j}" for j in range(3)] for i in range(4)})
+    store = MemoryStore()
+    calls = 0
+
+    def paused() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 2  # two namespaces listed (one page each), then pause
+
+    result, _ = run_engine(api, checkpoint=store, paused=paused,
+                           options=RewriteOptions(concurrency=2, page_size=5))
+    assert result.state is RunState.PAUSED and result.last_namespace == "ns1"
+    assert store.checkpoint is not None and store.checkpoint.counters.seen == 6
+    api.writes.clear()
+    result, _ = run_engine(api, checkpoint=store, options=RewriteOptions(concurrency=2, page_size=5))
+    assert result.completed and result.resumed and result.counters.seen == 12
+    assert sorted(api.writes) == [f"s{i}{j}" for i in (2, 3) for j in range(3)]
