@@ -376,7 +376,8 @@ def plan_next_step(
         reflected = _same(observed.write_key, op_key)
         if cluster.busy:
             tail = remaining_steps(desired, observed, status) if reflected else _rewrite_steps(op_key, False)
-            held = PlannedStep(Step(op.step), op_key, observed.network_access, observed.vault_resource_id)
+            kind = Step(op.step) if op.step in {s.value for s in WRITE_STEPS} else Step.UPDATE
+            held = PlannedStep(kind, op_key, observed.network_access, observed.vault_resource_id)
             return decide(Step.WAIT, [held, *tail], "ClusterUpdating",
                           f"AKS is applying {op.step} to {short(op_key)} "
                           f"(provisioningState {cluster.provisioning_state})",

@@ -332,6 +332,11 @@ def test_write_in_flight_is_waited_on_never_repeated() -> None:
     assert names(d) == ["Update", "WaitForKeySwitch", "Rewrite", "Check", "Update", "WaitForKeySwitch", "Rewrite"]
 
 
+def test_unknown_operation_step_still_waits() -> None:
+    d = plan_next_step(spec(True, KB), cluster(True, KB, state="Updating"), status(KA, op=("Rotate", KB)))
+    assert d.next_step is Step.WAIT and d.reason == "ClusterUpdating"
+
+
 @pytest.mark.parametrize("state", ["Succeeded", "Failed"])
 def test_finished_write_is_followed_by_key_switch_proof(state: str) -> None:
     # AKS asks for a rewrite even after a failed KMS update when the key was taken (reference 8).
