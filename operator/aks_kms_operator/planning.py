@@ -387,7 +387,8 @@ def plan_next_step(
                 return decide(Step.BLOCKED, [], "ClusterUpdateFailed",
                               f"AKS ended {op.step} to {short(op_key)} in Failed without applying it",
                               fix="read the error in the cluster's activity log, fix its cause, then "
-                                  "az aks update -g <resource-group> -n <cluster> to return it to Succeeded",
+                                  f"az aks update -g {spec.cluster.resource_group} -n {spec.cluster.name} "
+                                  "to return it to Succeeded",
                               delay=ready_delay)
             # Canceled, or replaced by someone else's write: the operation is over without effect.
             discard = True

@@ -348,7 +348,7 @@ def test_finished_write_is_followed_by_key_switch_proof(state: str) -> None:
 def test_failed_write_not_applied_blocks() -> None:
     d = plan_next_step(spec(True, KB), cluster(True, KA, state="Failed"), status(KA, op=("Update", KB)),
                        findings=[])
-    assert d.next_step is Step.BLOCKED and d.reason == "ClusterUpdateFailed" and "az aks update" in d.fix
+    assert d.next_step is Step.BLOCKED and d.reason == "ClusterUpdateFailed" and "az aks update -g rg -n aks" in d.fix
 
 
 @pytest.mark.parametrize("state", ["Succeeded", "Canceled"])
