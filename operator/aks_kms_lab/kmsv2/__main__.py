@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(key_id_for(args.url))
         return 0
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().level > logging.DEBUG:  # the SDK logs every request and response at INFO
+        logging.getLogger("azure").setLevel(logging.WARNING)
     wrapper: KeyWrapper
     if args.local_key:
         wrapper = LocalRsaWrapper.from_pem_file(args.key_id, args.local_key)
