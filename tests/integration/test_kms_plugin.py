@@ -10,6 +10,7 @@ The tests are one scenario and run in file order.
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pytest
 
 from aks_kms_lab import verify
 from aks_kms_lab.controlplane import ControlPlane
+from aks_kms_lab.encryption import provider_name
 from aks_kms_lab.etcdraw import EtcdClient
 from aks_kms_lab.kmsv2 import (
     ALGORITHM_ANNOTATION,
@@ -32,14 +34,33 @@ from aks_kms_lab.kmsv2 import (
     key_id_for,
     open_value,
     parse,
-    provider_name,
-    write_encryption_configuration,
 )
 
 pytestmark = pytest.mark.integration
 
 KEY_A = "https://labvault.vault.azure.net/keys/etcd/0123456789abcdef0123456789abcdef"
 KEY_B = "https://labvault.vault.azure.net/keys/etcd/fedcba9876543210fedcba9876543210"
+
+
+def write_encryption_configuration(path: Path, kms: list[tuple[str, str]]) -> Path:
+    """AKS's layout: one KMS v2 provider per loaded key version (writer first), then identity.
+
+    Written here rather than with ``aks_kms_lab.encryption`` (the lab's AKS slots) because these
+    tests need arbitrary provider lists; the provider names come from there, so they match.
+    """
+    config = {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "EncryptionConfiguration",
+        "resources": [{"resources": ["secrets"], "providers": [
+            *({"kms": {"apiVersion": "v2", "name": provider_name(url), "endpoint": endpoint, "timeout": "3s"}}
+              for url, endpoint in kms),
+            {"identity": {}},
+        ]}],
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    tmp.replace(path)  # atomic: the API server's automatic reload may read the file at any time
+    return path
 
 
 @dataclass

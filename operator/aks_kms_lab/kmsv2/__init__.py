@@ -5,7 +5,6 @@
 ``hack/gen-proto.sh`` from ``kmsv2_service.proto`` and ``encrypted_object.proto``.
 """
 
-from .config import encryption_configuration, provider_name, write_encryption_configuration
 from .envelope import EnvelopeError, KmsV2Value, open_value, parse
 from .plugin import ALGORITHM_ANNOTATION, HEALTHY, VERSION_ANNOTATION, KmsPlugin, PluginServer
 from .wrappers import (
@@ -33,11 +32,8 @@ __all__ = [
     "LocalRsaWrapper",
     "PluginServer",
     "Wrapped",
-    "encryption_configuration",
     "key_id_for",
     "keyvault_client_options",
     "open_value",
     "parse",
-    "provider_name",
-    "write_encryption_configuration",
 ]
