@@ -283,6 +283,7 @@ def test_chart_and_base_grant_identical_rules(default_objects: list[dict[str, An
 # ----------------------------------------------------------------------------- RBAC, for real
 
 EXPECTED_CLUSTER_RULES = {
+    ("aks-kms.dev", "clusterencryptionpolicies", "*", "get"),
     ("aks-kms.dev", "clusterencryptionpolicies", "*", "list"),
     ("aks-kms.dev", "clusterencryptionpolicies", "*", "watch"),
     ("aks-kms.dev", "clusterencryptionpolicies", "*", "patch"),
@@ -374,7 +375,7 @@ def test_exactly_these_rules_in_any_other_namespace(cluster, operator_sa, baseli
     ("get", "secrets/other", NS), ("update", f"secrets/{CANARY}", NS), ("watch", "secrets", NS),
     ("create", "events", OTHER_NS), ("create", "events.events.k8s.io", NS),
     ("get", "namespaces", ""), ("watch", "namespaces", ""),
-    ("get", "clusterencryptionpolicies.aks-kms.dev", ""), ("create", "clusterencryptionpolicies.aks-kms.dev", ""),
+    ("create", "clusterencryptionpolicies.aks-kms.dev", ""),
     ("update", "clusterencryptionpolicies.aks-kms.dev", ""), ("delete", "clusterencryptionpolicies.aks-kms.dev", ""),
     ("update", "clusterencryptionpolicies.aks-kms.dev/status", ""),
     ("list", "customresourcedefinitions.apiextensions.k8s.io", ""), ("list", "clusterkopfpeerings.kopf.dev", ""),
@@ -448,6 +449,7 @@ def test_policy_and_status_and_event_calls_succeed(cluster: ControlPlane, sa_cli
     try:
         code, listed = sa_client.call("GET", POLICIES)
         assert code == 200 and any(i["metadata"]["name"] == name for i in listed["items"])
+        assert sa_client.call("GET", f"{POLICIES}/{name}")[0] == 200
         code, _ = sa_client.call("GET", f"{POLICIES}?watch=1&timeoutSeconds=1")
         assert code == 200
         code, out = sa_client.call("PATCH", f"{POLICIES}/{name}",
@@ -468,6 +470,22 @@ def test_policy_and_status_and_event_calls_succeed(cluster: ControlPlane, sa_cli
         cluster.request("DELETE", f"{POLICIES}/{name}")
 
 
+def hide_kube_clients(tmp_path: Path) -> Path:
+    """Make the operator process start as in the image, where no Kubernetes client library is installed.
+
+    With the official ``kubernetes`` package importable (a developer venv may have it), kopf logs in
+    through it, and that login has no notion of a current namespace: kopf would post Events about
+    cluster-scoped objects to ``default`` instead of the operator's own namespace. The image
+    (runtime dependencies only) has none of these packages, so kopf uses its own service-account
+    login, which reads the namespace file.
+    """
+    shadow = tmp_path / "no-kube-clients"
+    for module in ("kubernetes", "kubernetes_asyncio", "pykube"):
+        (shadow / module).mkdir(parents=True, exist_ok=True)
+        (shadow / module / "__init__.py").write_text(f"raise ImportError('{module} is not in the operator image')\n")
+    return shadow
+
+
 def test_the_real_operator_runs_under_the_chart_rbac(cluster: ControlPlane, operator_sa: Path,
                                                      tmp_path: Path) -> None:
     """kopf's own calls (watch, finalizer and annotation patches, status patches) under the SA token.
@@ -482,7 +500,8 @@ def test_the_real_operator_runs_under_the_chart_rbac(cluster: ControlPlane, oper
     port = free_port()
     log = tmp_path / "operator.log"
     name = "chart-operator"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    pythonpath = [str(hide_kube_clients(tmp_path)), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": os.pathsep.join(filter(None, pythonpath))}
     script = Path(sys.executable).parent / "aks-kms-operator"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(script), "run", f"--liveness=http://127.0.0.1:{port}/healthz",
@@ -499,7 +518,10 @@ def test_the_real_operator_runs_under_the_chart_rbac(cluster: ControlPlane, oper
             done = (obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"]
             return obj if done and "aks-kms.dev/finalizer" in obj["metadata"].get("finalizers", []) else None
 
-        wait_for(handled, timeout=60, what=f"the operator to handle {name} under the chart's RBAC")
+        try:
+            wait_for(handled, timeout=60, what=f"the operator to handle {name} under the chart's RBAC")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n--- operator log (tail) ---\n{log.read_text()[-4000:]}") from None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -509,5 +531,6 @@ def test_the_real_operator_runs_under_the_chart_rbac(cluster: ControlPlane, oper
         cluster.request("PATCH", f"{POLICIES}/{name}", {"metadata": {"finalizers": None}},
                         content_type="application/merge-patch+json")
         cluster.request("DELETE", f"{POLICIES}/{name}")
-    text = log.read_text()
-    assert "403" not in text and "Forbidden" not in text and "forbidden" not in text, text
+    # Kubernetes refusals only: without Azure credentials here the Azure calls fail, as they should.
+    refusals = [line for line in log.read_text().splitlines() if "is forbidden: User" in line]
+    assert not refusals, "\n".join(refusals)
