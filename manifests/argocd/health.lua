@@ -12,7 +12,7 @@
 --   phase Paused (spec.rewrite.paused)                                      -> Suspended
 --   Reconciling=True (checking, updating AKS, waiting, re-encrypting)       -> Progressing
 --   Ready=True                                                              -> Healthy
---   Ready=False with nothing in progress (e.g. KeyHealthy=False: expiring)  -> Degraded
+--   Ready=False with nothing in progress (KeyHealthy=False: disabled key) -> Degraded
 --   anything else                                                           -> Progressing
 local hs = {}
 
