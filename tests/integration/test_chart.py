@@ -52,7 +52,7 @@ ALL_FEATURES: dict[str, Any] = {
                          "tenantId": "66666666-7777-8888-9999-000000000000"},
     "azure": {"armEndpoint": "https://management.usgovcloudapi.net",
               "armAudience": "https://management.usgovcloudapi.net", "lroPollingInterval": 10, "httpTimeout": "30"},
-    "operator": {"logFormat": "plain", "verbose": True, "canarySecretName": "kms-canary"},
+    "operator": {"logFormat": "plain", "verbose": True, "livenessPort": 9080},
     "extraEnv": [{"name": "AKS_KMS_RETRY_TOTAL", "value": "5"}],
     "podAnnotations": {"example.com/scrape": "true"},
     "podLabels": {"team": "platform"},
@@ -136,9 +136,8 @@ def test_all_features_objects(full_objects: list[dict[str, Any]]) -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["AKS_KMS_ARM_ENDPOINT"] == "https://management.usgovcloudapi.net"
     assert env["AKS_KMS_LRO_POLLING_INTERVAL"] == "10" and env["AKS_KMS_HTTP_TIMEOUT"] == "30"
-    assert env["AKS_KMS_CANARY_SECRET"] == "kms-canary" and env["AKS_KMS_RETRY_TOTAL"] == "5"
-    role = by_kind(full_objects, "Role")
-    assert any(r.get("resourceNames") == ["kms-canary"] for r in role["rules"])
+    assert env["AKS_KMS_RETRY_TOTAL"] == "5" and "AKS_KMS_NAMESPACE" in env
+    assert container["args"][1] == "--liveness=http://0.0.0.0:9080/healthz" and "--verbose" in container["args"]
 
 
 def test_deployment_is_hardened(default_objects: list[dict[str, Any]]) -> None:

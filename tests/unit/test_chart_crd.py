@@ -1,4 +1,4 @@
-"""The chart ships the same CRD as manifests/crd: both are written by `make crd` from the model."""
+"""The chart agrees with the code: the same CRD (both written by `make crd`), the same canary name."""
 
 from __future__ import annotations
 
@@ -23,3 +23,11 @@ def test_kustomize_base_uses_the_crd_directory() -> None:
     text = (REPO / "manifests" / "base" / "kustomization.yaml").read_text()
     assert "- ../crd" in text
     assert (REPO / "manifests" / "crd" / "kustomization.yaml").exists()
+
+
+def test_role_names_the_operators_canary() -> None:
+    """The Role limits get/patch/delete to one Secret name; it must be the one the operator uses."""
+    from aks_kms_operator.rewrite.canary import CANARY_NAME
+
+    role = (REPO / "charts" / "aks-kms-operator" / "templates" / "rbac-namespace.yaml").read_text()
+    assert f"resourceNames: [{CANARY_NAME}]" in role
