@@ -533,3 +533,17 @@ def test_the_real_operator_runs_under_the_chart_rbac(cluster: ControlPlane, oper
     # Kubernetes refusals only: without Azure credentials here the Azure calls fail, as they should.
     refusals = [line for line in log.read_text().splitlines() if "is forbidden: User" in line]
     assert not refusals, "\n".join(refusals)
+
+
+def test_notes_tell_the_next_steps(cluster: ControlPlane, tmp_path: Path) -> None:
+    """NOTES.txt renders (helm install --dry-run against the real API server) and warns without a client ID."""
+    def notes(*extra: str) -> str:
+        out = helm("install", RELEASE, str(CHART), "--namespace", NS, "--dry-run=client",
+                   "--kubeconfig", str(cluster.kubeconfig), *extra).stdout
+        return out.split("NOTES:", 1)[1]
+
+    text = notes()
+    assert "WARNING: workloadIdentity.clientId is empty" in text
+    assert "system:serviceaccount:aks-kms-system:aks-kms-operator" in text
+    assert "kubectl get cep" in text and "resource.customizations.health.aks-kms.dev_ClusterEncryptionPolicy" in text
+    assert "WARNING" not in notes("-f", str(values_file(tmp_path, ALL_FEATURES)))
