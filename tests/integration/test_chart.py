@@ -538,12 +538,13 @@ def test_the_real_operator_runs_under_the_chart_rbac(cluster: ControlPlane, oper
 def test_notes_tell_the_next_steps(cluster: ControlPlane, tmp_path: Path) -> None:
     """NOTES.txt renders (helm install --dry-run against the real API server) and warns without a client ID."""
     def notes(*extra: str) -> str:
-        out = helm("install", RELEASE, str(CHART), "--namespace", NS, "--dry-run=client",
+        # another release name: the RBAC tests have created this release's objects without Helm
+        out = helm("install", "notes", str(CHART), "--namespace", NS, "--dry-run=client",
                    "--kubeconfig", str(cluster.kubeconfig), *extra).stdout
         return out.split("NOTES:", 1)[1]
 
     text = notes()
     assert "WARNING: workloadIdentity.clientId is empty" in text
-    assert "system:serviceaccount:aks-kms-system:aks-kms-operator" in text
+    assert "system:serviceaccount:aks-kms-system:notes-aks-kms-operator" in text
     assert "kubectl get cep" in text and "resource.customizations.health.aks-kms.dev_ClusterEncryptionPolicy" in text
     assert "WARNING" not in notes("-f", str(values_file(tmp_path, ALL_FEATURES)))
