@@ -16,7 +16,9 @@ The first provider writes; every provider is tried for reads (reference/reencryp
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,13 +70,31 @@ class KeySlots:
                    list(data.get("history") or []))
 
 
-def encryption_configuration(slots: KeySlots, socket_for: dict[str, Path], timeout: str = "5s") -> dict[str, Any]:
-    """The EncryptionConfiguration AKS would give its API server for these slots."""
+ProviderFor = Callable[[str], dict[str, Any]]
 
-    def kms(key_url: str) -> dict[str, Any]:
+
+def kms_v2_provider(socket_for: Callable[[str], Path], timeout: str = "5s") -> ProviderFor:
+    """Providers as on AKS: one KMS v2 plugin per key version, on its own Unix socket."""
+
+    def provider(key_url: str) -> dict[str, Any]:
         return {"kms": {"apiVersion": "v2", "name": provider_name(key_url),
-                        "endpoint": f"unix://{socket_for[key_url]}", "timeout": timeout}}
+                        "endpoint": f"unix://{socket_for(key_url)}", "timeout": timeout}}
 
+    return provider
+
+
+def aescbc_provider(key_url: str) -> dict[str, Any]:
+    """A stand-in for a KMS key in integration tests: an aescbc key derived from the key URL.
+
+    Same slots, same ordering, same stale-on-key-change behaviour of the API server, without the
+    plugin processes; the stored prefix names the key as ``k8s:enc:aescbc:v1:<provider name>:``.
+    """
+    secret = base64.b64encode(hashlib.sha256(b"aks-kms-lab:" + key_url.encode()).digest()).decode()
+    return {"aescbc": {"keys": [{"name": provider_name(key_url), "secret": secret}]}}
+
+
+def encryption_configuration(slots: KeySlots, kms: ProviderFor) -> dict[str, Any]:
+    """The EncryptionConfiguration AKS would give its API server for these slots."""
     providers: list[dict[str, Any]] = []
     if slots.enabled and slots.current:
         providers.append(kms(slots.current))

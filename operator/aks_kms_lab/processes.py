@@ -7,14 +7,19 @@ pytest takes it down. ``stop`` sends SIGTERM to the group, waits, then SIGKILLs 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -26,6 +31,35 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
+
+
+class _Spawner:
+    """A daemon thread that lives as long as the process and does every fork."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _loop(self) -> None:
+        while True:
+            job, future = self._jobs.get()
+            try:
+                future.set_result(job())
+            except BaseException as err:  # handed to the caller
+                future.set_exception(err)
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="aks-kms-lab-spawner", daemon=True)
+                self._thread.start()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((job, future))
+        return future.result()
+
+
+_SPAWNER = _Spawner()
 
 
 class ManagedProcess:
@@ -44,7 +78,8 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         try:
-            self.proc = subprocess.Popen(
+            spawn = functools.partial(
+                subprocess.Popen,
                 self.argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -52,6 +87,11 @@ class ManagedProcess:
                 env=self.env,
                 preexec_fn=_die_with_parent if self.tie_to_parent else os.setsid,
             )
+            # PR_SET_PDEATHSIG fires when the *thread* that forked exits, not the process. A restart
+            # requested from a short-lived thread (the fake ARM's operation thread) would otherwise
+            # kill the new API server the moment that thread ends; fork from one thread that lives
+            # as long as the process instead.
+            self.proc = _SPAWNER.run(spawn) if self.tie_to_parent else spawn()
         finally:
             log.close()
         return self

@@ -6,13 +6,19 @@ which only ``aks_kms_operator.cli run`` does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+import aiohttp
 import kopf
 
-from . import status as st
 from .api import v1alpha1 as api
+from .azure import build_gateways
+from .azure.config import AzureSettings
+from .kube import Credentials, KubeClient, KubeError
+from .planning import Step
+from .reconciler import Reconciler, ReconcilerSettings
 
 FINALIZER = f"{api.GROUP}/finalizer"
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
@@ -43,25 +49,81 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
 
 
-@kopf.on.resume(*RESOURCE)
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in exactly as ``kube.Credentials`` does (service account, then KUBECONFIG), whatever
+    client libraries happen to be installed: kopf would otherwise prefer pykube or the official
+    client, which log in differently (e.g. without a namespace for Events)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+async def connect(memo: kopf.Memo, **_: Any) -> None:
+    """One API client, one set of Azure gateways and one reconciler for the whole process."""
+    memo.kube = await KubeClient(Credentials.login(), pool_size=64).__aenter__()
+    memo.reconciler = Reconciler(memo.kube, build_gateways(AzureSettings.from_env()), ReconcilerSettings.from_env(),
+                                 events=_post_event)
+    memo.wakeups = {}
+
+
+@kopf.on.cleanup()
+async def disconnect(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "kube", None) is not None:
+        await memo.kube.__aexit__(None, None, None)
+
+
+def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message[:1000])
+
+
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
-def acknowledge(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
-    """Record that the current generation has been seen; the reconciler takes it from here."""
-    generation = int(body.metadata.get("generation") or 0)
-    conds = list(status.get("conditions") or [])
-    conds = st.set_condition(conds, st.RECONCILING, True, "Pending", "waiting for the first reconcile",
-                             generation=generation)
-    conds = st.set_condition(conds, st.STALLED, False, "Pending", "", generation=generation)
-    conds = st.summarize(conds, generation=generation)
-    patch.status["observedGeneration"] = generation
-    patch.status["phase"] = "Pending"
-    patch.status["message"] = "accepted; waiting for the first reconcile"
-    patch.status["conditions"] = conds
+def wake(name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A spec, label or annotation change: reconcile now instead of at the next requeue."""
+    event = memo.wakeups.get(name)
+    if event is not None:
+        event.set()
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=30)
+async def reconcile_loop(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: kopf.Logger,
+                         **_: Any) -> None:
+    """Reconcile this policy, sleep for the delay the planner chose (or until it changes), repeat."""
+    reconciler: Reconciler = memo.reconciler
+    woken = memo.wakeups.setdefault(name, asyncio.Event())
+    while not stopped:
+        woken.clear()
+        try:
+            decision = await reconciler.reconcile(name)
+        except (KubeError, OSError, TimeoutError, aiohttp.ClientError) as err:
+            logger.warning("reconcile of %s failed, retrying: %s", name, err)
+            delay = reconciler.settings.error_retry
+        else:
+            if decision is None:
+                return
+            delay = decision.delay if decision.delay is not None else 0.0
+        if delay > 0:
+            await _sleep(stopped, woken, delay)
+    memo.wakeups.pop(name, None)
+
+
+async def _sleep(stopped: kopf.DaemonStopped, woken: asyncio.Event, seconds: float) -> None:
+    stop = asyncio.ensure_future(stopped.wait(seconds))
+    wake = asyncio.ensure_future(woken.wait())
+    try:
+        await asyncio.wait({stop, wake}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stop, wake):
+            task.cancel()
 
 
 @kopf.on.delete(*RESOURCE)
-def finalize(spec: kopf.Spec, logger: kopf.Logger, **_: Any) -> None:
-    """Honour deletionPolicy before letting the policy go."""
+async def finalize(name: str, spec: kopf.Spec, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Honour deletionPolicy before the finalizer goes: Retain leaves AKS alone; Disable disables
+    KMS and re-encrypts every Secret back to plaintext first."""
     if spec.get("deletionPolicy", "Retain") == "Retain":
         logger.info("deletionPolicy Retain: AKS encryption is left as it is")
+        return
+    decision = await memo.reconciler.reconcile(name, deleting=True)
+    if decision is not None and decision.next_step is not Step.READY:
+        raise kopf.TemporaryError(f"deletionPolicy Disable: {decision.message}", delay=decision.delay or 10)

@@ -33,7 +33,7 @@ def crd_installed(control_plane: ControlPlane) -> ControlPlane:
     def established() -> bool:
         status, body = control_plane.request(
             "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/clusterencryptionpolicies.aks-kms.dev")
-        conds = {c["type"]: c["status"] for c in (body or {}).get("status", {}).get("conditions", [])}
+        conds = {c["type"]: c["status"] for c in ((body or {}).get("status") or {}).get("conditions") or []}
         return status == 200 and conds.get("Established") == "True"
 
     wait_for(established, what="CRD Established")

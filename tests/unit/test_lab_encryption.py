@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aks_kms_lab.encryption import KeySlots, encryption_configuration, key_id_hash, provider_name
+from aks_kms_lab.encryption import (
+    KeySlots,
+    aescbc_provider,
+    encryption_configuration,
+    key_id_hash,
+    kms_v2_provider,
+    provider_name,
+)
 
 A = "https://v.vault.azure.net/keys/etcd/" + "a" * 32
 B = "https://v.vault.azure.net/keys/etcd/" + "b" * 32
@@ -13,11 +20,11 @@ SOCKETS = {k: Path(f"/tmp/{k[-1]}.sock") for k in (A, B, C)}
 
 
 def providers(slots: KeySlots) -> list[str]:
-    config = encryption_configuration(slots, SOCKETS)
-    out = []
-    for p in config["resources"][0]["providers"]:
-        out.append("identity" if "identity" in p else p["kms"]["name"])
-    return out
+    kms = encryption_configuration(slots, kms_v2_provider(SOCKETS.__getitem__))["resources"][0]["providers"]
+    aes = encryption_configuration(slots, aescbc_provider)["resources"][0]["providers"]
+    names = ["identity" if "identity" in p else p["kms"]["name"] for p in kms]
+    assert names == ["identity" if "identity" in p else p["aescbc"]["keys"][0]["name"] for p in aes]
+    return names
 
 
 def test_enable_rotate_rotate_disable() -> None:

@@ -1,0 +1,153 @@
+"""A complete local "AKS": real API server (keys switched as AKS would), fake Azure, real operator.
+
+The API server's KMS providers are stood in by aescbc keys derived from each Key Vault key URL
+(``aks_kms_lab.encryption.aescbc_provider``): same slots, same ordering, same staleness rules, so the
+operator's key switch, rewrite and ledger are exercised for real. The lab (tests/e2e) uses real
+KMS v2 plugins instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aks_kms_lab.aks_sim import ApiServerKms
+from aks_kms_lab.controlplane import ControlPlane
+from aks_kms_lab.encryption import (
+    KeySlots,
+    aescbc_provider,
+    encryption_configuration,
+    provider_name,
+    write_configuration,
+)
+from aks_kms_lab.etcdraw import EtcdClient
+from aks_kms_lab.fake_azure import FakeAzure
+from aks_kms_lab.world import OPERATOR_NAMESPACE, LabWorld, operator_env, seed_azure
+
+from ..support import REPO, wait_for
+
+POLICIES = "/apis/aks-kms.dev/v1alpha1/clusterencryptionpolicies"
+SCRIPT = Path(sys.executable).parent / "aks-kms-operator"
+
+
+class AksEnv:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "encryption.yaml"
+        write_configuration(self.config, encryption_configuration(KeySlots(), aescbc_provider))
+        self.cp = ControlPlane(root / "cp", encryption_config=self.config).start()
+        self.cp.apply(yaml.safe_load((REPO / "manifests/crd/clusterencryptionpolicies.yaml").read_text()))
+        wait_for(lambda: self.cp.request("GET", "/apis/aks-kms.dev/v1alpha1")[0] == 200, what="CRD served")
+        self.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
+        self.fake = FakeAzure(root / "azure").start()
+        self.world: LabWorld = seed_azure(self.fake)
+        self.kms = ApiServerKms(self.cp, self.config, aescbc_provider)
+        self.fake.on_kms_change = self.kms.on_kms_change
+        self.env = {**os.environ, **operator_env(self.fake, self.cp.kubeconfig)}
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.log = root / "operator.log"
+
+    # ---------------------------------------------------------------- operator process
+
+    def start_operator(self) -> None:
+        out = open(self.log, "ab")  # noqa: SIM115
+        self.operator = subprocess.Popen([str(SCRIPT), "run", "--liveness=", "--log-format=plain"],
+                                         stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        out.close()
+
+    def kill_operator(self, sig: int = 9) -> None:
+        if self.operator and self.operator.poll() is None:
+            self.operator.send_signal(sig)
+            self.operator.wait(timeout=30)
+        self.operator = None
+
+    def stop(self) -> None:
+        self.kill_operator(15)
+        self.fake.stop()
+        self.cp.stop()
+
+    # ---------------------------------------------------------------- policies
+
+    def apply_policy(self, body: dict[str, Any]) -> None:
+        self.cp.apply(body)
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        code, out = self.cp.request("PATCH", f"{POLICIES}/{name}", {"spec": spec},
+                                    content_type="application/merge-patch+json")
+        assert code == 200, out
+
+    def policy(self, name: str) -> dict[str, Any]:
+        return self.cp.request("GET", f"{POLICIES}/{name}")[1]
+
+    def wait_status(self, name: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 120,
+                    what: str = "status") -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            try:
+                obj = self.policy(name)
+            except OSError:  # the API server is rolling after a KMS change
+                return None
+            if not isinstance(obj, dict) or obj.get("kind") != "ClusterEncryptionPolicy":
+                return None  # a Status (503 while the API server restarts)
+            status = obj.get("status") or {}
+            if status.get("observedGeneration") != obj["metadata"].get("generation"):
+                return None
+            return status if pred(status) else None
+
+        try:
+            return wait_for(check, timeout=timeout, interval=0.5, what=what)
+        except AssertionError:
+            tail = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+            raise AssertionError(f"{what} not reached; status: {self.policy(name).get('status')}\n"
+                                 f"cluster PUTs: {self.cluster_puts()}\n"
+                                 f"operator log tail:\n{tail}") from None
+
+    def wait_ready(self, name: str, timeout: float = 180) -> dict[str, Any]:
+        return self.wait_status(name, lambda s: condition(s, "Ready") == "True", timeout, "Ready")
+
+    def wait_stalled(self, name: str, reason: str, timeout: float = 120) -> dict[str, Any]:
+        return self.wait_status(
+            name, lambda s: condition(s, "Stalled") == "True" and reason_of(s, "Stalled") == reason, timeout,
+            f"Stalled {reason}")
+
+    # ---------------------------------------------------------------- Azure write log
+
+    def cluster_puts(self) -> list[dict[str, Any]]:
+        return [w.summary for w in self.fake.writes if w.method == "PUT" and "managedClusters" in w.path]
+
+    # ---------------------------------------------------------------- etcd
+
+    def stored_under(self) -> dict[str, int]:
+        """How many Secrets (outside the operator namespace) etcd holds under each provider."""
+        counts: dict[str, int] = {}
+        for key, value in self.etcd_secrets():
+            if f"/secrets/{OPERATOR_NAMESPACE}/" in key:
+                continue
+            if value.startswith(b"k8s:enc:aescbc:v1:"):
+                label = value.split(b":")[4].decode()
+            elif value.startswith(b"k8s\x00"):
+                label = "plaintext"
+            else:
+                label = "other"
+            counts[label] = counts.get(label, 0) + 1
+        return counts
+
+    def etcd_secrets(self) -> list[tuple[str, bytes]]:
+        return [(raw.key, raw.value) for raw in EtcdClient(self.cp.etcd_url).scan()]
+
+
+def provider_of(key_url: str) -> str:
+    return provider_name(key_url)
+
+
+def condition(status: dict[str, Any], type_: str) -> str | None:
+    return next((c["status"] for c in status.get("conditions") or [] if c["type"] == type_), None)
+
+
+def reason_of(status: dict[str, Any], type_: str) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or [] if c["type"] == type_), None)

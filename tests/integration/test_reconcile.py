@@ -1,0 +1,113 @@
+"""The real operator process reconciling AKS KMS through the real Azure SDKs (fake Azure over HTTPS)
+and re-encrypting Secrets on the real API server. Scenarios run in order on one cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from aks_kms_lab.seed import seed
+from aks_kms_operator.kube import Credentials
+
+from .aks_env import AksEnv, condition, provider_of
+
+pytestmark = pytest.mark.integration
+NAME = "default"
+SECRETS = 60
+
+
+@pytest.fixture(scope="module")
+def aks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AksEnv]:
+    env = AksEnv(tmp_path_factory.mktemp("aks"))
+    try:
+        os.environ["KUBECONFIG"] = str(env.cp.kubeconfig)
+        asyncio.run(seed(Credentials.login(), SECRETS, 4))
+        env.start_operator()
+        yield env
+    finally:
+        env.stop()
+
+
+def all_under(aks: AksEnv, label: str) -> None:
+    stored = aks.stored_under()
+    assert stored == {label: SECRETS}, stored
+
+
+def test_enable_with_public_vault(aks: AksEnv) -> None:
+    v1 = aks.world.key_versions[0]
+    all_under(aks, "plaintext")
+    aks.apply_policy(aks.world.policy(NAME, key_id=v1))
+    status = aks.wait_ready(NAME)
+    assert status["encryptedWith"] == v1
+    assert status["keys"]["current"]["keyId"] == v1
+    assert status["rewrite"]["reencrypted"] >= SECRETS and status["rewrite"]["failed"] == 0
+    assert status["cluster"]["kmsEnabled"] is True and status["phase"] == "Ready"
+    puts = aks.cluster_puts()
+    assert len(puts) == 1, puts
+    all_under(aks, provider_of(v1))
+
+
+def test_rotate(aks: AksEnv) -> None:
+    v1, v2 = aks.world.key_versions[:2]
+    aks.patch_spec(NAME, {"kms": {"keyId": v2}})
+    status = aks.wait_ready(NAME)
+    assert status["encryptedWith"] == v2
+    assert (status["keys"]["current"]["keyId"], status["keys"]["previous"]["keyId"]) == (v2, v1)
+    assert status["keys"].get("retirable", []) == []
+    assert len(aks.cluster_puts()) == 2
+    all_under(aks, provider_of(v2))
+
+
+def test_second_rotation_waits_for_the_first_rewrite(aks: AksEnv) -> None:
+    v1, v2, v3 = aks.world.key_versions[:3]
+    puts = len(aks.cluster_puts())
+    # Rotate to v3 but hold the rewrite: Secrets stay under v2, AKS holds [v3, v2].
+    aks.patch_spec(NAME, {"kms": {"keyId": v3}, "rewrite": {"paused": True}})
+    aks.wait_status(NAME, lambda s: s.get("phase") == "Paused", what="Paused after the v3 update")
+    assert len(aks.cluster_puts()) == puts + 1
+    # Ask for another rotation now: sending it would drop v2, which still holds every Secret.
+    aks.patch_spec(NAME, {"kms": {"keyId": v1}})
+    status = aks.wait_status(NAME, lambda s: s.get("phase") == "Paused", what="still Paused")
+    assert status["plan"]["steps"][0] == "Rewrite", status["plan"]
+    assert len(aks.cluster_puts()) == puts + 1, "no Update may be sent before the v3 rewrite completes"
+    all_under(aks, provider_of(v2))
+    # Resume: the v3 rewrite completes, then the Update to v1 goes out, then its rewrite.
+    aks.patch_spec(NAME, {"rewrite": {"paused": False}})
+    status = aks.wait_ready(NAME)
+    assert status["encryptedWith"] == v1
+    assert [p["kms"]["keyId"] for p in aks.cluster_puts()[-2:]] == [v3, v1]
+    assert (status["keys"]["current"]["keyId"], status["keys"]["previous"]["keyId"]) == (v1, v3)
+    assert [r["keyId"] for r in status["keys"]["retirable"]] == [v2]
+    all_under(aks, provider_of(v1))
+
+
+def test_vault_mode_change_goes_through_plaintext(aks: AksEnv) -> None:
+    private_key = aks.world.private_key_versions[0]
+    puts = len(aks.cluster_puts())
+    aks.patch_spec(NAME, {"kms": {"keyId": private_key, "keyVaultNetworkAccess": "Private",
+                                  "keyVaultResourceId": aks.world.private_vault_id}})
+    status = aks.wait_ready(NAME, timeout=240)
+    new = aks.cluster_puts()[puts:]
+    assert [(p["kms"]["enabled"], p["kms"].get("keyVaultNetworkAccess")) for p in new] == [
+        (False, "Public"), (True, "Private")], new
+    assert status["encryptedWith"] == private_key
+    steps = status["plan"]["steps"]
+    assert steps[:3] == ["Disable", "WaitForKeySwitch", "Rewrite"] and "Enable(Private)" in steps, steps
+    all_under(aks, provider_of(private_key))
+
+
+def test_disable(aks: AksEnv) -> None:
+    private_key = aks.world.private_key_versions[0]
+    aks.patch_spec(NAME, {"kms": {"enabled": False, "keyId": "", "keyVaultNetworkAccess": "Public",
+                                  "keyVaultResourceId": ""}})
+    status = aks.wait_ready(NAME)
+    assert status["encryptedWith"] == "identity"
+    assert status["cluster"]["kmsEnabled"] is False
+    # the key AKS was disabled from stays loaded for reads: still reported as needed
+    assert status["keys"]["previous"]["keyId"] == private_key
+    assert condition(status, "SecretsEncrypted") == "True"
+    all_under(aks, "plaintext")
