@@ -78,6 +78,7 @@ class ControlPlane:
         encryption_config: Path | None = None,
         tie_to_parent: bool = True,
         extra_apiserver_args: tuple[str, ...] = (),
+        audit_secret_writes: bool = False,
     ) -> None:
         self._own_workdir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="aks-kms-cp-"))
@@ -85,6 +86,7 @@ class ControlPlane:
         self.encryption_config = encryption_config
         self.tie_to_parent = tie_to_parent
         self.extra_apiserver_args = extra_apiserver_args
+        self.audit_secret_writes = audit_secret_writes
         self.pki = CertificateAuthority(self.dir / "pki")
         self.ports = self._load_or_pick_ports()
         self.etcd: ManagedProcess | None = None
@@ -191,12 +193,44 @@ class ControlPlane:
             f"--cert-dir={self.dir / 'pki'}",
             "--v=1",
         ]
+        if self.audit_secret_writes:
+            argv += [f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
+                     "--audit-log-format=json"]
         if self.encryption_config is not None:
             argv += [
                 f"--encryption-provider-config={self.encryption_config}",
                 "--encryption-provider-config-automatic-reload=true",
             ]
         return argv + list(self.extra_apiserver_args)
+
+    @property
+    def audit_log(self) -> Path:
+        return self.dir / "logs" / "audit.jsonl"
+
+    def _audit_policy(self) -> Path:
+        """Record every write to a Secret (metadata level: never the data), nothing else."""
+        path = self.dir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata", "verbs": ["patch", "update", "create", "delete"],
+                       "resources": [{"group": "", "resources": ["secrets"]}]},
+                      {"level": "None"}],
+        }))
+        return path
+
+    def secret_writes(self, verb: str = "patch") -> list[dict[str, Any]]:
+        """Audited Secret writes (namespace, name, user, time), oldest first."""
+        if not self.audit_log.exists():
+            return []
+        out = []
+        for line in self.audit_log.read_text().splitlines():
+            event = json.loads(line)
+            ref = event.get("objectRef") or {}
+            if event.get("verb") == verb and event.get("stage") == "ResponseComplete":
+                out.append({"namespace": ref.get("namespace"), "name": ref.get("name"),
+                            "code": (event.get("responseStatus") or {}).get("code"),
+                            "time": event.get("stageTimestamp")})
+        return out
 
     def _start_apiserver(self) -> None:
         self.apiserver = ManagedProcess(

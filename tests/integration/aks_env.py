@@ -37,11 +37,11 @@ SCRIPT = Path(sys.executable).parent / "aks-kms-operator"
 
 
 class AksEnv:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, audit: bool = False) -> None:
         self.root = root
         self.config = root / "encryption.yaml"
         write_configuration(self.config, encryption_configuration(KeySlots(), aescbc_provider))
-        self.cp = ControlPlane(root / "cp", encryption_config=self.config).start()
+        self.cp = ControlPlane(root / "cp", encryption_config=self.config, audit_secret_writes=audit).start()
         self.cp.apply(yaml.safe_load((REPO / "manifests/crd/clusterencryptionpolicies.yaml").read_text()))
         wait_for(lambda: self.cp.request("GET", "/apis/aks-kms.dev/v1alpha1")[0] == 200, what="CRD served")
         self.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
