@@ -1,0 +1,112 @@
+"""``aks-kms-operator lab up|down|status|seed|verify``: the local AKS-in-a-box (see ``lab.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import lab
+
+
+def _up(args: argparse.Namespace) -> int:
+    state = lab.up(args.dir, timeout=args.timeout)
+    root = Path(args.dir).resolve()
+    if state == "running":
+        print(f"the lab in {root} is already running")
+        return 0
+    s = lab.status(root)
+    print(f"lab up in {root}")
+    print(f"  API server  {s.get('apiserver')}   etcd {s.get('etcd')}   fake Azure {s.get('fakeAzure')}")
+    print(f"  kubeconfig  {s['kubeconfig']}")
+    print(f"  env         {root / 'env'} (operator environment; LAB_KEY_V1..V3 are the key versions)")
+    print("next:")
+    print("  aks-kms-operator lab seed --secrets 2000 --namespaces 20")
+    print(f"  set -a; . {root / 'env'}; set +a; aks-kms-operator run --liveness=")
+    print(f"  kubectl --kubeconfig {s['kubeconfig']} apply -f <a ClusterEncryptionPolicy>   (see hack/demo.sh)")
+    print("  aks-kms-operator lab verify")
+    print("  aks-kms-operator lab down")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    root = Path(args.dir).resolve()
+    print(f"lab in {root} stopped and removed" if lab.down(root) else f"no lab in {root}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    s = lab.status(args.dir)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0 if s["running"] else 1
+    print(f"lab {s['dir']}: {s['state']}" + (f" (supervisor pid {s['supervisorPid']})" if s.get("supervisorPid")
+                                               else ""))
+    if s["state"] == "absent":
+        return 1
+    for key in ("apiserver", "etcd", "fakeAzure", "kubeconfig"):
+        if s.get(key):
+            print(f"  {key:<11} {s[key]}")
+    kms = s.get("kms")
+    if kms:
+        print(f"  KMS         {'enabled' if kms.get('enabled') else 'disabled'}")
+        print(f"  current     {kms.get('current') or '-'}")
+        print(f"  previous    {kms.get('previous') or '-'}")
+    print(f"  plugins     {', '.join(s['plugins']) or '-'}")
+    if s["state"] == "stale":
+        print("  the supervisor is not running: `aks-kms-operator lab down` cleans up")
+    return 0 if s["running"] else 1
+
+
+def _seed(args: argparse.Namespace) -> int:
+    n = lab.seed_lab(args.dir, secrets=args.secrets, namespaces=args.namespaces, prefix=args.prefix)
+    print(f"seeded {args.secrets} Secrets in {args.namespaces} namespaces; {n} digests in "
+          f"{Path(args.dir).resolve() / 'seed.json'}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    result = lab.verify_lab(args.dir, expect=args.expect, content=not args.no_content)
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
+    return 0 if result.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aks-kms-operator lab", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", type=Path, default=lab.DEFAULT_DIR, help="lab directory (default: <repo>/.lab)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("up", parents=[common], help="start the lab (detached) and wait until it is ready")
+    p.add_argument("--timeout", type=float, default=lab.READY_TIMEOUT)
+    p.set_defaults(func=_up)
+    sub.add_parser("down", parents=[common], help="stop the lab and remove its directory").set_defaults(func=_down)
+    p = sub.add_parser("status", parents=[common], help="is the lab running; ports, kubeconfig, KMS slots")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_status)
+    p = sub.add_parser("seed", parents=[common], help="create Secrets (content digests go to seed.json)")
+    p.add_argument("--secrets", type=int, default=2000)
+    p.add_argument("--namespaces", type=int, default=20)
+    p.add_argument("--prefix", default="team")
+    p.set_defaults(func=_seed)
+    p = sub.add_parser("verify", parents=[common], help="which key encrypted every Secret in etcd; content check")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--expect", help="key URL or 'identity' (default: encryptedWith of ClusterEncryptionPolicy "
+                                    "'default', if reported)")
+    p.add_argument("--no-content", action="store_true", help="skip the content check")
+    p.set_defaults(func=_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return int(args.func(args) or 0)
+    except lab.LabError as err:
+        print(f"aks-kms-operator lab {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""The lab: a local "AKS" (real etcd + kube-apiserver with KMS v2 plugins, fake Azure) in one directory.
+
+:class:`LabRuntime` runs everything in-process (the supervisor process runs one until SIGTERM).
+:func:`up`, :func:`down`, :func:`status`, :func:`seed_lab` and :func:`verify_lab` work on a lab
+directory from the outside, as the ``aks-kms-operator lab`` CLI and the e2e tests do.
+
+Files in the lab directory::
+
+    supervisor.pid  supervisor.log  ready | failed
+    controlplane/   etcd + kube-apiserver (ports.json, pki/, logs/)
+    azure/          the fake Azure's CA and write log
+    kms/            one KMS v2 plugin socket per loaded key version
+    encryption.yaml the API server's EncryptionConfiguration   slots.json  AKS's KMS key slots
+    kubeconfig      admin kubeconfig    env  operator environment (KEY=VALUE)    world.json  seeded IDs
+    seed.json       digests of seeded Secrets (never their data)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .aks_sim import ApiServerKms
+from .controlplane import REPO_ROOT, ControlPlane
+from .encryption import KeySlots, encryption_configuration, kms_v2_provider, provider_name, write_configuration
+from .processes import pid_alive, stop_pid
+from .verify import IDENTITY, DigestReport, VerifyReport, check_digests, snapshot_digests, verify_etcd
+from .world import OPERATOR_NAMESPACE, LabWorld, operator_env, seed_azure
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIR = REPO_ROOT / ".lab"
+CRD = REPO_ROOT / "manifests" / "crd" / "clusterencryptionpolicies.yaml"
+POLICIES = "/apis/aks-kms.dev/v1alpha1/clusterencryptionpolicies"
+READY_TIMEOUT = 120.0
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    root: Path
+
+    @property
+    def pid(self) -> Path:
+        return self.root / "supervisor.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "supervisor.log"
+
+    @property
+    def ready(self) -> Path:
+        return self.root / "ready"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "failed"
+
+    @property
+    def controlplane(self) -> Path:
+        return self.root / "controlplane"
+
+    @property
+    def azure(self) -> Path:
+        return self.root / "azure"
+
+    @property
+    def kms(self) -> Path:
+        return self.root / "kms"
+
+    @property
+    def encryption(self) -> Path:
+        return self.root / "encryption.yaml"
+
+    @property
+    def slots(self) -> Path:
+        return self.root / "slots.json"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def env(self) -> Path:
+        return self.root / "env"
+
+    @property
+    def world(self) -> Path:
+        return self.root / "world.json"
+
+    @property
+    def seed(self) -> Path:
+        return self.root / "seed.json"
+
+
+# ---------------------------------------------------------------------------------- in-process runtime
+
+
+class LabRuntime:
+    """Control plane, fake Azure, one KMS v2 plugin per loaded key version, AKS's KMS behaviour."""
+
+    def __init__(self, root: Path) -> None:
+        self.paths = LabPaths(Path(root).resolve())
+        self.cp: ControlPlane | None = None
+        self.fake: Any = None
+        self.world: LabWorld | None = None
+        self.env: dict[str, str] = {}
+        self.kms: ApiServerKms | None = None
+        self.plugins: dict[str, Any] = {}
+        self._plugin_lock = threading.Lock()
+
+    def socket_for(self, key_url: str) -> Path:
+        return self.paths.kms / f"{provider_name(key_url)}.sock"
+
+    def _load_key(self, key_url: str) -> None:
+        from .kmsv2 import KeyVaultWrapper, PluginServer
+
+        with self._plugin_lock:
+            if key_url in self.plugins:
+                return
+            wrapper = KeyVaultWrapper.from_env(key_url, self.env)
+            self.plugins[key_url] = PluginServer(self.socket_for(key_url), wrapper).start()
+
+    def start(self) -> LabRuntime:
+        from .fake_azure import FakeAzure
+
+        p = self.paths
+        p.root.mkdir(parents=True, exist_ok=True)
+        p.kms.mkdir(exist_ok=True)
+        provider = kms_v2_provider(self.socket_for)
+        try:
+            write_configuration(p.encryption, encryption_configuration(KeySlots(), provider))
+            self.cp = ControlPlane(p.controlplane, encryption_config=p.encryption).start()
+            self.cp.apply(yaml.safe_load(CRD.read_text()))
+            self.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
+            _wait(lambda: self.cp.request("GET", "/apis/aks-kms.dev/v1alpha1")[0] == 200, 60, "CRD served")
+            self.fake = FakeAzure(p.azure).start()
+            self.world = seed_azure(self.fake)
+            shutil.copyfile(self.cp.kubeconfig, p.kubeconfig)
+            p.kubeconfig.chmod(0o600)
+            self.env = operator_env(self.fake, p.kubeconfig)
+            self.kms = ApiServerKms(self.cp, p.encryption, provider, load_key=self._load_key, state_path=p.slots)
+            self.kms.write_config()  # records the (empty) slots
+            self.fake.on_kms_change = self.kms.on_kms_change
+            self._write_files()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _write_files(self) -> None:
+        assert self.cp and self.world
+        p = self.paths
+        extra = {f"LAB_KEY_V{i + 1}": url for i, url in enumerate(self.world.key_versions)}
+        extra["LAB_PRIVATE_KEY"] = self.world.private_key_versions[0]
+        extra["LAB_PRIVATE_VAULT_ID"] = self.world.private_vault_id
+        extra["ETCD_URL"] = self.cp.etcd_url
+        lines = [f"{k}={shlex.quote(v)}" for k, v in {**self.env, **extra}.items()]
+        p.env.write_text("\n".join(lines) + "\n")
+        p.env.chmod(0o600)  # holds the fake Azure's client secret
+        p.world.write_text(json.dumps(asdict(self.world), indent=2))
+
+    def stop(self) -> None:
+        for plugin in list(self.plugins.values()):
+            with contextlib.suppress(Exception):
+                plugin.stop()
+        self.plugins.clear()
+        if self.fake is not None:
+            self.fake.stop()
+            self.fake = None
+        if self.cp is not None:
+            self.cp.stop()
+            self.cp = None
+
+    def pids(self) -> list[int]:
+        return self.cp.pids() if self.cp else []
+
+
+def _wait(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------- the lab from outside
+
+
+def supervisor_pid(root: Path) -> int | None:
+    path = LabPaths(Path(root)).pid
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def is_running(root: Path) -> bool:
+    pid = supervisor_pid(root)
+    return bool(pid and pid_alive(pid) and LabPaths(Path(root)).ready.exists())
+
+
+def up(root: Path = DEFAULT_DIR, *, timeout: float = READY_TIMEOUT) -> str:
+    """Start the detached supervisor and wait until the lab is ready; 'started' or 'running'."""
+    p = LabPaths(Path(root).resolve())
+    pid = supervisor_pid(p.root)
+    if pid and pid_alive(pid):
+        if p.ready.exists():
+            return "running"
+        raise LabError(f"a lab supervisor (pid {pid}) is starting in {p.root}; wait, or run `lab down`")
+    if p.root.exists() and any(p.root.iterdir()):
+        raise LabError(f"{p.root} holds a stale lab (its supervisor is not running); "
+                       f"run `aks-kms-operator lab down{_dir_arg(p.root)}` to clean it, then `lab up` again")
+    p.root.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "operator"),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    with open(p.log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "aks_kms_lab.supervisor", "--dir", str(p.root)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, cwd=str(p.root))
+    p.pid.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.ready.exists():
+            return "started"
+        if p.failed.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    else:
+        stop_pid(proc.pid)
+        raise LabError(f"the lab was not ready after {timeout:.0f}s; see {p.log}; run `lab down` to clean up")
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+    tail = "\n".join(p.log.read_text(errors="replace").splitlines()[-20:]) if p.log.exists() else ""
+    raise LabError(f"the lab failed to start (see {p.log}); run `lab down` to clean up\n{tail}")
+
+
+def _dir_arg(root: Path) -> str:
+    return "" if root == DEFAULT_DIR.resolve() else f" --dir {root}"
+
+
+def _leftover_pids(root: Path) -> list[int]:
+    """Processes started for this lab directory (etcd, kube-apiserver) that outlived the supervisor."""
+    found: list[int] = []
+    needle = str(root).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle + b"/" in cmdline or cmdline.endswith(needle + b"\x00"):
+            found.append(int(entry.name))
+    return found
+
+
+def down(root: Path = DEFAULT_DIR) -> bool:
+    """Stop the supervisor (and anything left of the lab), remove the directory. True if there was a lab."""
+    p = LabPaths(Path(root).resolve())
+    if not p.root.exists():
+        return False
+    pid = supervisor_pid(p.root)
+    if pid and pid_alive(pid):
+        stop_pid(pid, timeout=60)
+    for leftover in _leftover_pids(p.root):
+        stop_pid(leftover, timeout=10)
+    shutil.rmtree(p.root, ignore_errors=True)
+    return True
+
+
+def read_env(root: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in LabPaths(Path(root)).env.read_text().splitlines():
+        if "=" in line:
+            key, value = line.split("=", 1)
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def read_world(root: Path) -> LabWorld:
+    return LabWorld(**json.loads(LabPaths(Path(root)).world.read_text()))
+
+
+def control_plane(root: Path) -> ControlPlane:
+    """An admin handle on a running lab's API server (does not start anything)."""
+    return ControlPlane(LabPaths(Path(root).resolve()).controlplane, tie_to_parent=False)
+
+
+def status(root: Path = DEFAULT_DIR) -> dict[str, Any]:
+    p = LabPaths(Path(root).resolve())
+    pid = supervisor_pid(p.root)
+    out: dict[str, Any] = {"dir": str(p.root), "running": is_running(p.root), "supervisorPid": pid}
+    if not p.root.exists():
+        out["state"] = "absent"
+        return out
+    out["state"] = "running" if out["running"] else ("starting" if pid and pid_alive(pid) else "stale")
+    ports = p.controlplane / "ports.json"
+    if ports.exists():
+        ports_data = json.loads(ports.read_text())
+        out["apiserver"] = f"https://127.0.0.1:{ports_data['apiserver']}"
+        out["etcd"] = f"http://127.0.0.1:{ports_data['etcd_client']}"
+    if p.env.exists():
+        out["fakeAzure"] = read_env(p.root).get("AKS_KMS_ARM_ENDPOINT")
+    out["kubeconfig"] = str(p.kubeconfig)
+    if p.slots.exists():
+        out["kms"] = json.loads(p.slots.read_text())
+    out["plugins"] = sorted(s.name for s in p.kms.glob("*.sock")) if p.kms.exists() else []
+    return out
+
+
+def _credentials(root: Path) -> Any:
+    from aks_kms_operator.kube import Credentials
+
+    cp = control_plane(root)
+    ctx = ssl.create_default_context(cafile=str(cp.ca_path))
+    cert, key = cp._admin_cert()
+    ctx.load_cert_chain(str(cert), str(key))
+    return Credentials(server=cp.server, ssl=ctx, headers={})
+
+
+def seed_lab(root: Path = DEFAULT_DIR, *, secrets: int, namespaces: int, prefix: str = "team") -> int:
+    """Create Secrets through the API; record content digests (not data) in ``seed.json``."""
+    from .seed import namespace_names, save_digests, seed
+
+    p = LabPaths(Path(root).resolve())
+    if not is_running(p.root):
+        raise LabError(f"no running lab in {p.root}; run `lab up` first")
+    asyncio.run(seed(_credentials(p.root), secrets, namespaces, prefix=prefix))
+    digests = snapshot_digests(control_plane(p.root), namespaces=namespace_names(namespaces, prefix))
+    save_digests(p.seed, digests)
+    return len(digests)
+
+
+@dataclass
+class LabVerification:
+    expected: str | None
+    report: VerifyReport
+    content: DigestReport | None
+    key_labels: dict[str, str]  # key URL -> V1/V2/... for display
+
+    @property
+    def ok(self) -> bool:
+        stored_ok = self.report.unreadable == 0 and (self.expected is None or self.report.all_under(self.expected))
+        return stored_ok and (self.content is None or self.content.ok)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "expected": self.expected, "etcd": self.report.to_json(),
+                "content": self.content.to_json() if self.content else None, "keys": self.key_labels}
+
+    def render(self) -> str:
+        lines = [f"{self.report.total} Secrets in etcd (revision {self.report.revision})"]
+        for label, count in sorted(self.report.counts.items(), key=lambda i: -i[1]):
+            name = self.key_labels.get(label)
+            shown = "plaintext (identity)" if label == IDENTITY else (f"{label} [{name}]" if name else label)
+            lines.append(f"  {count:>8}  {shown}")
+        if self.report.unreadable_keys:
+            lines.append("  unreadable: " + ", ".join(self.report.unreadable_keys))
+        if self.expected is None:
+            lines.append("expected: (no policy reports encryptedWith yet; not checked)")
+        else:
+            name = self.key_labels.get(self.expected)
+            under = self.report.under(self.expected)
+            lines.append(f"expected: {self.expected}{f' [{name}]' if name else ''}: "
+                         f"{under}/{self.report.total} {'OK' if self.report.all_under(self.expected) else 'FAIL'}")
+        if self.content is None:
+            lines.append("content: no seed.json (run `lab seed`); not checked")
+        else:
+            c = self.content
+            lines.append(f"content: {c.checked} seeded Secrets checked, {len(c.mismatched)} changed, "
+                         f"{len(c.missing)} missing: {'OK' if c.ok else 'FAIL'}")
+            for name in (c.mismatched + c.missing)[:10]:
+                lines.append(f"  ! {name}")
+        lines.append("verify: " + ("OK" if self.ok else "FAILED"))
+        return "\n".join(lines)
+
+
+def policy_encrypted_with(root: Path, name: str = "default") -> str | None:
+    code, body = control_plane(root).request("GET", f"{POLICIES}/{name}")
+    if code != 200 or not isinstance(body, dict):
+        return None
+    return ((body.get("status") or {}).get("encryptedWith")) or None
+
+
+def verify_lab(root: Path = DEFAULT_DIR, *, expect: str | None = None, content: bool = True) -> LabVerification:
+    p = LabPaths(Path(root).resolve())
+    if not is_running(p.root):
+        raise LabError(f"no running lab in {p.root}; run `lab up` first")
+    env = read_env(p.root)
+    world = read_world(p.root)
+    labels = {url: f"V{i + 1}" for i, url in enumerate(world.key_versions)}
+    labels.update({url: f"private V{i + 1}" for i, url in enumerate(world.private_key_versions)})
+    if expect is None:
+        expect = policy_encrypted_with(p.root)
+    keys = list(labels) + ([expect] if expect and expect != IDENTITY and expect not in labels else [])
+    report = verify_etcd(env["ETCD_URL"], keys)
+    digests = None
+    if content and p.seed.exists():
+        expected = json.loads(p.seed.read_text())
+        namespaces = sorted({k.split("/", 1)[0] for k in expected})
+        digests = check_digests(control_plane(p.root), expected, namespaces=namespaces)
+    return LabVerification(expect, report, digests, labels)

@@ -1,0 +1,50 @@
+"""``python -m aks_kms_lab.supervisor --dir DIR``: run one lab until SIGTERM (started by ``lab up``).
+
+Writes ``DIR/ready`` once everything serves, or ``DIR/failed`` (and exits 1) if start-up fails.
+Its etcd and kube-apiserver are tied to this process: they die with it, even on SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from .lab import LabPaths, LabRuntime
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aks_kms_lab.supervisor")
+    parser.add_argument("--dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    paths = LabPaths(args.dir.resolve())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    runtime = LabRuntime(paths.root)
+    try:
+        runtime.start()
+    except BaseException:
+        paths.failed.write_text(traceback.format_exc())
+        traceback.print_exc()
+        return 1
+    logging.getLogger("aks_kms_lab").info("lab ready in %s", paths.root)
+    paths.ready.write_text("ready\n")
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        logging.getLogger("aks_kms_lab").info("stopping the lab")
+        paths.ready.unlink(missing_ok=True)
+        runtime.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
