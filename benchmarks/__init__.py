@@ -1,0 +1,1 @@
+"""Benchmarks against a real kube-apiserver + etcd (see benchmarks/README.md)."""
