@@ -161,6 +161,8 @@ class LabRuntime:
             self.kms.write_config()  # records the (empty) slots
             self.fake.on_kms_change = self.kms.on_kms_change
             self._write_files()
+            p.pid.write_text(str(os.getpid()))  # the supervisor, or the test process running it in-process
+            p.ready.write_text("ready\n")
         except BaseException:
             self.stop()
             raise
@@ -179,6 +181,7 @@ class LabRuntime:
         p.world.write_text(json.dumps(asdict(self.world), indent=2))
 
     def stop(self) -> None:
+        self.paths.ready.unlink(missing_ok=True)
         for plugin in list(self.plugins.values()):
             with contextlib.suppress(Exception):
                 plugin.stop()

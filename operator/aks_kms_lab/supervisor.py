@@ -35,13 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         return 1
     logging.getLogger("aks_kms_lab").info("lab ready in %s", paths.root)
-    paths.ready.write_text("ready\n")
     try:
         while not stop.wait(1.0):
             pass
     finally:
         logging.getLogger("aks_kms_lab").info("stopping the lab")
-        paths.ready.unlink(missing_ok=True)
         runtime.stop()
     return 0
 
