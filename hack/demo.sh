@@ -32,6 +32,8 @@ on_exit() {
   fi
 }
 trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 START=$(date +%s.%N)
 STEP_START=$START
@@ -98,7 +100,8 @@ ns = rw.get("currentNamespace") or "-"
 stalled = conds.get("Stalled", {})
 reason = stalled.get("reason")
 extra = f" stalled: {reason}" if stalled.get("status") == "True" else ""
-print(("DONE " if done else "WAIT ") + f"{phase:<15} [{bar}] seen {seen:>5}/{total or '?':<5} "
+shown_total = total or "?"
+print(("DONE " if done else "WAIT ") + f"{phase:<15} [{bar}] seen {seen:>5}/{shown_total:<5} "
       f"ns {nsd}/{nst} {ns:<10}{extra}")
 ' || true)
     if [[ -t 1 ]]; then
