@@ -276,14 +276,18 @@ class Reconciler:
     async def _wait_for_switch(self, obs: Observation, step: PlannedStep,
                                status: api.PolicyStatus) -> api.PolicyStatus:
         baseline = status.operation.canary_resource_version
-        if not baseline:
-            # No write of ours to compare with (adoption, or a change made outside the operator):
-            # the switch happened before this reconcile; the probes then only prove stability.
-            baseline = await ensure_canary(self.kube, self.settings.namespace)
         s = self.settings
+        if not baseline:
+            # No write of ours to prove (a new policy adopting the cluster, or a change made outside
+            # the operator while the cluster was already Succeeded): there is no before/after to
+            # compare, so the canary is written once under whatever key the API server uses now.
+            await ensure_canary(self.kube, s.namespace)
+            self.events(obs.body, "Normal", "KeySwitched",
+                        f"adopting the API server's current write key {planning.short(step.key_id)}")
+            return planning.status_after_key_switch(status, step, at=_now())
         result = await wait_for_key_switch(self.kube, s.namespace, baseline, stable_probes=s.key_switch_probes,
                                            interval=s.key_switch_interval, timeout=s.key_switch_timeout)
-        if not result.switched and status.operation.canary_resource_version:
+        if not result.switched:
             raise KeySwitchNotProven(result.reason, result.message)
         self.events(obs.body, "Normal", "KeySwitched", result.message)
         return planning.status_after_key_switch(status, step, at=_now())

@@ -247,7 +247,7 @@ class RewriteEngine:
         todo = [ns for ns in all_namespaces if ns > state.last_namespace]
         state.namespaces_total = len(all_namespaces)
         state.namespaces_done = len(all_namespaces) - len(todo)
-        if not resumed:
+        if not resumed or not state.secrets_total:  # a run opened by the planner has no total yet
             state.secrets_total = await self._count_secrets(todo)
         self.state = state
         self.live = state.counters.copy()  # everything seen so far, for progress
