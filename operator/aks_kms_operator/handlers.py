@@ -96,7 +96,11 @@ async def reconcile_loop(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped
         try:
             decision = await reconciler.reconcile(name)
         except (KubeError, OSError, TimeoutError, aiohttp.ClientError) as err:
+            # The API server restarts while AKS applies a KMS change: expected, retry soon.
             logger.warning("reconcile of %s failed, retrying: %s", name, err)
+            delay = min(reconciler.settings.error_retry, 5.0)
+        except Exception:  # never let one bad reconcile end the loop for this policy
+            logger.exception("reconcile of %s failed unexpectedly, retrying", name)
             delay = reconciler.settings.error_retry
         else:
             if decision is None:

@@ -263,15 +263,25 @@ class Reconciler:
         assert obs.snapshot is not None
         # The canary's resourceVersion before the write is the baseline that proves the switch.
         baseline = await ensure_canary(self.kube, self.settings.namespace)
+        after = planning.status_after_write(status, step, at=_now(), canary_resource_version=baseline)
+        # Record the write *before* sending it. AKS rolls the API server as part of the operation, so
+        # a status write just after the PUT can fail; an accepted write must never go unrecorded, or
+        # a restarted reconcile could not tell its own change from someone else's. A record whose
+        # write never landed is harmless: the planner discards it once AKS is idle without it.
+        await self._patch_status({"operation": dump(after.operation)}, obs.name)
         enabled = step.step is not Step.DISABLE
-        await asyncio.to_thread(
-            self.azure.clusters.put_kms, obs.snapshot, enabled=enabled,
-            key_id=step.key_id if enabled else "", network_access=step.network_access or "Public",
-            vault_resource_id=step.vault_resource_id if enabled else "",
-        )
+        try:
+            await asyncio.to_thread(
+                self.azure.clusters.put_kms, obs.snapshot, enabled=enabled,
+                key_id=step.key_id if enabled else "", network_access=step.network_access or "Public",
+                vault_resource_id=step.vault_resource_id if enabled else "",
+            )
+        except AzureRejected:
+            await self._patch_status({"operation": dump(api.OperationStatus())}, obs.name)
+            raise
         self.events(obs.body, "Normal", step.step.value,
                     f"AKS accepted {step} to {planning.short(step.key_id)}; waiting for it to finish")
-        return planning.status_after_write(status, step, at=_now(), canary_resource_version=baseline)
+        return after
 
     async def _wait_for_switch(self, obs: Observation, step: PlannedStep,
                                status: api.PolicyStatus) -> api.PolicyStatus:
