@@ -184,3 +184,39 @@ def test_operator_killed_mid_rewrite_resumes_without_redoing_namespaces(aks: Aks
 def status_key(key_url: str) -> str:
     from aks_kms_lab.encryption import provider_name
     return provider_name(key_url)
+
+
+def _gone(aks: AksEnv, name: str) -> bool:
+    try:
+        code, _ = aks.cp.request("GET", f"/apis/aks-kms.dev/v1alpha1/clusterencryptionpolicies/{name}")
+    except OSError:  # the API server rolls while AKS disables KMS
+        return False
+    return code == 404
+
+
+def test_deletion_policy_disable_disables_and_rewrites_before_letting_go(aks: AksEnv) -> None:
+    from ..support import wait_for
+
+    status = aks.wait_ready(NAME)
+    assert status["cluster"]["kmsEnabled"] is True
+    puts = len(aks.cluster_puts())
+    aks.patch_spec(NAME, {"deletionPolicy": "Disable"})
+    aks.wait_ready(NAME)
+    aks.cp.request("DELETE", f"/apis/aks-kms.dev/v1alpha1/clusterencryptionpolicies/{NAME}")
+    wait_for(lambda: _gone(aks, NAME), timeout=240, interval=0.5, what="policy deleted after disabling")
+    new = aks.cluster_puts()[puts:]
+    assert [p["kms"]["enabled"] for p in new] == [False], new
+    assert aks.stored_under() == {"plaintext": SECRETS}
+
+
+def test_deletion_policy_retain_leaves_aks_alone(aks: AksEnv) -> None:
+    from ..support import wait_for
+
+    aks.apply_policy(aks.world.policy("retained", key_id=aks.world.key_versions[0]))
+    aks.wait_ready("retained")
+    puts = len(aks.cluster_puts())
+    aks.cp.request("DELETE", "/apis/aks-kms.dev/v1alpha1/clusterencryptionpolicies/retained")
+    wait_for(lambda: _gone(aks, "retained"), timeout=60, interval=0.5, what="policy deleted")
+    assert len(aks.cluster_puts()) == puts
+    assert aks.fake.cluster(SUBSCRIPTION, "lab-rg", "lab-aks")["properties"]["securityProfile"][
+        "azureKeyVaultKms"]["enabled"] is True
