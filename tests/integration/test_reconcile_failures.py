@@ -46,8 +46,10 @@ def _future() -> dt.datetime:
     return dt.datetime.now(dt.UTC) + dt.timedelta(days=7)
 
 
-# Each case breaks one prerequisite and returns the keyId to enable with plus how to undo it.
-Case = Callable[[AksEnv], tuple[str, Callable[[], None]]]
+# Each case breaks one prerequisite and returns the keyId (or the whole spec.kms) to enable with, plus
+# how to undo it.
+Case = Callable[[AksEnv], tuple[str | dict[str, Any], Callable[[], None]]]
+DISABLED = {"enabled": False, "keyId": "", "keyVaultNetworkAccess": "Public", "keyVaultResourceId": ""}
 
 
 def disabled_key(aks: AksEnv) -> tuple[str, Callable[[], None]]:
@@ -99,6 +101,30 @@ def firewalled_vault(aks: AksEnv) -> tuple[str, Callable[[], None]]:
     return aks.fake.create_key("fwvault", "etcd"), lambda: None
 
 
+def private_kms(aks: AksEnv) -> dict[str, Any]:
+    return {"enabled": True, "keyId": aks.world.private_key_versions[0], "keyVaultNetworkAccess": "Private",
+            "keyVaultResourceId": aks.world.private_vault_id}
+
+
+def no_vnet_integration(aks: AksEnv) -> tuple[dict[str, Any], Callable[[], None]]:
+    aks.fake.set_cluster(SUBSCRIPTION, "lab-rg", "lab-aks", apiServerAccessProfile={"enableVnetIntegration": False})
+    return private_kms(aks), lambda: aks.fake.set_cluster(
+        SUBSCRIPTION, "lab-rg", "lab-aks", apiServerAccessProfile={"enableVnetIntegration": True})
+
+
+def no_private_link_permission(aks: AksEnv) -> tuple[dict[str, Any], Callable[[], None]]:
+    _, undo = no_permission(aks)
+    aks.fake.grant_role(aks.world.principal_id, aks.world.private_vault_id, "Key Vault Crypto User")
+    return private_kms(aks), undo
+
+
+def other_tenant_vault(aks: AksEnv) -> tuple[str, Callable[[], None]]:
+    vault_id = aks.fake.add_vault(SUBSCRIPTION, "lab-rg", "othertenantvault",
+                                  tenant_id="99999999-8888-7777-6666-555555555555")
+    aks.fake.grant_role(aks.world.principal_id, vault_id, "Key Vault Crypto User")
+    return aks.fake.create_key("othertenantvault", "etcd"), lambda: None
+
+
 CASES: list[tuple[str, Case]] = [
     ("KeyDisabled", disabled_key),
     ("KeyExpired", expired_key),
@@ -108,15 +134,19 @@ CASES: list[tuple[str, Case]] = [
     ("KeyNotFound", missing_key),
     ("IdentityLacksKeyPermission", no_permission),
     ("KeyVaultFirewallBlocksPlugin", firewalled_vault),
+    ("KeyVaultInOtherTenant", other_tenant_vault),
+    ("PrivateVaultNeedsVnetIntegration", no_vnet_integration),
+    ("IdentityLacksPrivateLinkPermission", no_private_link_permission),
 ]
 
 
 @pytest.mark.parametrize(("reason", "case"), CASES, ids=[c[0] for c in CASES])
 def test_blocking_preflight_writes_nothing(aks: AksEnv, reason: str, case: Case) -> None:
     before = len(aks.fake.writes)
-    key_id, undo = case(aks)
+    wanted, undo = case(aks)
+    kms = wanted if isinstance(wanted, dict) else {"enabled": True, "keyId": wanted}
     try:
-        aks.patch_spec(NAME, {"kms": {"enabled": True, "keyId": key_id}})
+        aks.patch_spec(NAME, {"kms": kms})
         status = aks.wait_stalled(NAME, reason)
         assert status["phase"] == "Blocked"
         stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
@@ -127,8 +157,26 @@ def test_blocking_preflight_writes_nothing(aks: AksEnv, reason: str, case: Case)
             "a blocked preflight must not write to ARM"
     finally:
         undo()
-        aks.patch_spec(NAME, {"kms": {"enabled": False, "keyId": ""}})
+        aks.patch_spec(NAME, {"kms": DISABLED})
         aks.wait_ready(NAME)
+
+
+def test_busy_cluster_waits_without_stalling_or_writing(aks: AksEnv) -> None:
+    puts = len(aks.cluster_puts())
+    aks.fake.set_cluster(SUBSCRIPTION, "lab-rg", "lab-aks", provisioningState="Upgrading")
+    try:
+        aks.patch_spec(NAME, {"kms": {"enabled": True, "keyId": aks.world.key_versions[0]}})
+        status = aks.wait_status(NAME, lambda s: condition(s, "Reconciling") == "True"
+                                 and "Upgrading" in s.get("message", ""), what="waiting on a busy cluster")
+        assert condition(status, "Stalled") == "False"
+        time.sleep(2)
+        assert len(aks.cluster_puts()) == puts, "never PUT while provisioningState is not terminal"
+    finally:
+        aks.fake.set_cluster(SUBSCRIPTION, "lab-rg", "lab-aks", provisioningState="Succeeded")
+    aks.wait_ready(NAME)
+    assert len(aks.cluster_puts()) == puts + 1
+    aks.patch_spec(NAME, {"kms": DISABLED})
+    aks.wait_ready(NAME)
 
 
 def test_second_policy_for_the_same_cluster_conflicts(aks: AksEnv) -> None:
@@ -160,7 +208,9 @@ def test_faults_converge_without_duplicate_writes(aks: AksEnv) -> None:
 
 def test_operator_killed_mid_rewrite_resumes_without_redoing_namespaces(aks: AksEnv) -> None:
     v2 = aks.world.key_versions[1]
-    aks.patch_spec(NAME, {"kms": {"keyId": v2}, "rewrite": {"concurrency": 1, "maxWritesPerSecond": 20}})
+    aks.patch_spec(NAME, {"kms": {"enabled": True, "keyId": v2, "keyVaultNetworkAccess": "Public",
+                                  "keyVaultResourceId": ""},
+                          "rewrite": {"concurrency": 1, "maxWritesPerSecond": 10}})
 
     def mid_run(s: dict[str, Any]) -> bool:
         rw = s.get("rewrite") or {}
