@@ -57,6 +57,13 @@ class LabHarness:
                 self.operator.wait(timeout=10)
         self.operator = None
 
+    def kill_operator(self) -> None:
+        """kill -9: no cleanup, no final status write."""
+        if self.operator and self.operator.poll() is None:
+            self.operator.kill()
+            self.operator.wait(timeout=10)
+        self.operator = None
+
     def apply(self, **kwargs: Any) -> None:
         self.cp.apply(self.world.policy(**kwargs))
 
