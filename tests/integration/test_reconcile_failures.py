@@ -206,6 +206,24 @@ def test_faults_converge_without_duplicate_writes(aks: AksEnv) -> None:
     assert status["encryptedWith"] == aks.world.key_versions[0]
 
 
+def test_rotation_away_from_an_unusable_current_key_is_blocked(aks: AksEnv) -> None:
+    """A rotation keeps the current key loaded as AKS's previous key: it must stay valid."""
+    v1, v2 = aks.world.key_versions[:2]
+    aks.wait_status(NAME, lambda s: s.get("encryptedWith") == v1, what="encrypted with v1")
+    puts = len(aks.cluster_puts())
+    aks.fake.set_key_attributes(v1, enabled=False)
+    try:
+        aks.patch_spec(NAME, {"kms": {"keyId": v2}})
+        aks.wait_stalled(NAME, "PreviousKeyInvalid")
+        time.sleep(1)
+        assert len(aks.cluster_puts()) == puts
+    finally:
+        aks.fake.set_key_attributes(v1, enabled=True)
+        aks.patch_spec(NAME, {"kms": {"keyId": v1}})
+    aks.wait_ready(NAME)
+    assert len(aks.cluster_puts()) == puts
+
+
 def test_operator_killed_mid_rewrite_resumes_without_redoing_namespaces(aks: AksEnv) -> None:
     v2 = aks.world.key_versions[1]
     aks.patch_spec(NAME, {"kms": {"enabled": True, "keyId": v2, "keyVaultNetworkAccess": "Public",
