@@ -1,15 +1,14 @@
 """Fill a cluster with Secrets for the demo, the e2e tests and the benchmarks.
 
 Secrets get random content; what is recorded (``seed.json``) is only a SHA-256 digest of each
-Secret's data, so ``lab verify`` can prove content survived every rewrite without keeping or
-printing the data itself.
+Secret's type and data (``verify.secret_digest``, the digest ``lab verify`` checks), so the lab can
+prove content survived every rewrite without keeping or printing the data itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -18,12 +17,9 @@ from typing import Any
 
 from aks_kms_operator.kube import Credentials, KubeClient, KubeError
 
+from .verify import secret_digest
+
 SEED_LABEL = "lab.aks-kms.dev/seeded"
-
-
-def data_digest(data: Mapping[str, str] | None) -> str:
-    """Digest of a Secret's data as the API returns it (base64 values), order-independent."""
-    return hashlib.sha256(json.dumps(dict(data or {}), sort_keys=True).encode()).hexdigest()
 
 
 def namespace_names(count: int, prefix: str = "team") -> list[str]:
@@ -69,7 +65,7 @@ async def seed(
                         raise
                     await kube.request("PUT", f"/api/v1/namespaces/{ns}/secrets/{name}", body=body,
                                        accept="application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
-                digests[f"{ns}/{name}"] = data_digest(data)
+                digests[f"{ns}/{name}"] = secret_digest(body)
 
         tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
         for i in range(secrets):

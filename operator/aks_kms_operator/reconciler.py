@@ -38,7 +38,14 @@ from .kube import MERGE_PATCH, KubeClient, KubeError
 from .model import IDENTITY, KeyRef, KeyState, PreflightFacts, same_key
 from .planning import Decision, PlannedStep, Step
 from .preflight import Finding, run_preflight
-from .rewrite import PolicyStatusStore, RewriteEngine, RewriteOptions, ensure_canary, wait_for_key_switch
+from .rewrite import (
+    PolicyStatusStore,
+    RewriteEngine,
+    RewriteOptions,
+    count_secrets,
+    ensure_canary,
+    wait_for_key_switch,
+)
 
 log = logging.getLogger(__name__)
 POLICIES = f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}"
@@ -203,7 +210,7 @@ class Reconciler:
         write = decision.steps[1]
         facts = await asyncio.to_thread(self._gather_facts, obs, write)
         if facts.cluster.kubernetes_minor < (1, 27):
-            facts = dataclasses.replace(facts, secret_count=await self._count_secrets())
+            facts = dataclasses.replace(facts, secret_count=await count_secrets(self.kube))
         return run_preflight(facts)
 
     def _gather_facts(self, obs: Observation, write: PlannedStep) -> PreflightFacts:
@@ -236,12 +243,6 @@ class Reconciler:
             expiry_warning=planning.parse_duration(spec.rotation.expiry_warning),
             cluster_resource_group=spec.cluster.resource_group, cluster_name=spec.cluster.name,
         )
-
-    async def _count_secrets(self) -> int:
-        page = await self.kube.request("GET", "/api/v1/secrets", params={"limit": "1"},
-                                       accept="application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1")
-        meta = page.get("metadata") or {}
-        return int(meta.get("remainingItemCount") or 0) + len(page.get("items") or [])
 
     # ------------------------------------------------------------------ act
 

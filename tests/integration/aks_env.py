@@ -23,7 +23,6 @@ from aks_kms_lab.encryption import (
     KeySlots,
     aescbc_provider,
     encryption_configuration,
-    provider_name,
     write_configuration,
 )
 from aks_kms_lab.etcdraw import EtcdClient
@@ -139,10 +138,6 @@ class AksEnv:
 
     def etcd_secrets(self) -> list[tuple[str, bytes]]:
         return [(raw.key, raw.value) for raw in EtcdClient(self.cp.etcd_url).scan()]
-
-
-def provider_of(key_url: str) -> str:
-    return provider_name(key_url)
 
 
 def condition(status: dict[str, Any], type_: str) -> str | None:

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from aks_kms_lab.encryption import provider_name
 from aks_kms_lab.seed import seed
 from aks_kms_operator.kube import Credentials
 
-from .aks_env import AksEnv, condition, provider_of
+from .aks_env import AksEnv, condition
 
 pytestmark = pytest.mark.integration
 NAME = "default"
@@ -48,7 +49,7 @@ def test_enable_with_public_vault(aks: AksEnv) -> None:
     assert status["cluster"]["kmsEnabled"] is True and status["phase"] == "Ready"
     puts = aks.cluster_puts()
     assert len(puts) == 1, puts
-    all_under(aks, provider_of(v1))
+    all_under(aks, provider_name(v1))
 
 
 def test_rotate(aks: AksEnv) -> None:
@@ -59,7 +60,7 @@ def test_rotate(aks: AksEnv) -> None:
     assert (status["keys"]["current"]["keyId"], status["keys"]["previous"]["keyId"]) == (v2, v1)
     assert status["keys"].get("retirable", []) == []
     assert len(aks.cluster_puts()) == 2
-    all_under(aks, provider_of(v2))
+    all_under(aks, provider_name(v2))
 
 
 def test_second_rotation_waits_for_the_first_rewrite(aks: AksEnv) -> None:
@@ -74,7 +75,7 @@ def test_second_rotation_waits_for_the_first_rewrite(aks: AksEnv) -> None:
     status = aks.wait_status(NAME, lambda s: s.get("phase") == "Paused", what="still Paused")
     assert status["plan"]["steps"][0] == "Rewrite", status["plan"]
     assert len(aks.cluster_puts()) == puts + 1, "no Update may be sent before the v3 rewrite completes"
-    all_under(aks, provider_of(v2))
+    all_under(aks, provider_name(v2))
     # Resume: the v3 rewrite completes, then the Update to v1 goes out, then its rewrite.
     aks.patch_spec(NAME, {"rewrite": {"paused": False}})
     status = aks.wait_ready(NAME)
@@ -82,7 +83,7 @@ def test_second_rotation_waits_for_the_first_rewrite(aks: AksEnv) -> None:
     assert [p["kms"]["keyId"] for p in aks.cluster_puts()[-2:]] == [v3, v1]
     assert (status["keys"]["current"]["keyId"], status["keys"]["previous"]["keyId"]) == (v1, v3)
     assert [r["keyId"] for r in status["keys"]["retirable"]] == [v2]
-    all_under(aks, provider_of(v1))
+    all_under(aks, provider_name(v1))
 
 
 def test_vault_mode_change_goes_through_plaintext(aks: AksEnv) -> None:
@@ -97,7 +98,7 @@ def test_vault_mode_change_goes_through_plaintext(aks: AksEnv) -> None:
     assert status["encryptedWith"] == private_key
     steps = status["plan"]["steps"]
     assert steps[:3] == ["Disable", "WaitForKeySwitch", "Rewrite"] and "Enable(Private)" in steps, steps
-    all_under(aks, provider_of(private_key))
+    all_under(aks, provider_name(private_key))
 
 
 def test_disable(aks: AksEnv) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from aks_kms_lab.encryption import provider_name
 from aks_kms_lab.seed import seed
 from aks_kms_lab.world import PUBLIC_VAULT, SUBSCRIPTION
 from aks_kms_operator.kube import Credentials
@@ -249,13 +250,8 @@ def test_operator_killed_mid_rewrite_resumes_without_redoing_namespaces(aks: Aks
     rewritten = {w["namespace"] for w in after}
     assert rewritten, "the resumed run wrote nothing"
     assert all(ns > checkpoint for ns in rewritten), (checkpoint, sorted(rewritten))
-    assert aks.stored_under() == {status_key(v2): SECRETS}
+    assert aks.stored_under() == {provider_name(v2): SECRETS}
     aks.patch_spec(NAME, {"rewrite": {"concurrency": 8, "maxWritesPerSecond": 0}})
-
-
-def status_key(key_url: str) -> str:
-    from aks_kms_lab.encryption import provider_name
-    return provider_name(key_url)
 
 
 def _gone(aks: AksEnv, name: str) -> bool:

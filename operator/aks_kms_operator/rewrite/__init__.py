@@ -15,7 +15,7 @@ from .canary import (
 )
 from .checkpoint import CheckpointStore, MemoryStore, PolicyStatusStore, RewriteCheckpoint
 from .counters import Outcome, RewriteCounters
-from .engine import RewriteEngine, RewriteOptions, RewriteResult, RunState, SecretRef, rewrite_secrets
+from .engine import RewriteEngine, RewriteOptions, RewriteResult, RunState, SecretRef, count_secrets, rewrite_secrets
 from .ratelimit import BackoffGate, RetryPolicy, TokenBucket
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "RunState",
     "SecretRef",
     "TokenBucket",
+    "count_secrets",
     "ensure_canary",
     "rewrite_secrets",
     "wait_for_key_switch",

@@ -339,19 +339,14 @@ class RewriteEngine:
         return sorted(set(names))
 
     async def _count_secrets(self, namespaces: list[str]) -> int:
-        """Secrets at the start, for ``progress`` only: one ``limit=1`` list (``remainingItemCount``)."""
-        paths = (["/api/v1/secrets"] if self.namespace_filter is None
-                 else [f"/api/v1/namespaces/{ns}/secrets" for ns in namespaces])
-        total = 0
+        """Secrets at the start, for ``progress`` only."""
         try:
-            for path in paths:
-                page = await self.client.request("GET", path, params={"limit": "1"}, accept=METADATA_LIST)
-                total += len(page.get("items") or []) + int((page.get("metadata") or {}).get("remainingItemCount")
-                                                            or 0)
+            if self.namespace_filter is None:
+                return await count_secrets(self.client)
+            return sum([await count_secrets(self.client, ns) for ns in namespaces])
         except (KubeError, aiohttp.ClientError, TimeoutError) as err:
             log.warning("could not count Secrets (progress will show no total): %s", err)
             return 0
-        return total
 
     async def _produce_namespace(self, ns: str, queue: asyncio.Queue[Any], tracker: _NamespaceTracker) -> bool:
         """Queue every Secret of ``ns``; return True if paused (before a page) on the way."""
@@ -484,6 +479,14 @@ class RewriteEngine:
                 log.warning("saving the rewrite checkpoint failed: %s", err)
                 if force:
                     raise
+
+
+async def count_secrets(client: KubeClient, namespace: str | None = None) -> int:
+    """How many Secrets exist (cluster-wide or in one namespace), from one metadata-only ``limit=1``
+    list: its ``remainingItemCount`` plus the one item. No page of Secrets is fetched."""
+    path = f"/api/v1/namespaces/{namespace}/secrets" if namespace else "/api/v1/secrets"
+    page = await client.request("GET", path, params={"limit": "1"}, accept=METADATA_LIST)
+    return len(page.get("items") or []) + int((page.get("metadata") or {}).get("remainingItemCount") or 0)
 
 
 async def rewrite_secrets(client: KubeClient, target_key_id: str, **kwargs: Any) -> RewriteResult:
