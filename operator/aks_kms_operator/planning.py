@@ -208,6 +208,11 @@ def _seconds(text: str, default: float) -> float:
         return default
 
 
+def check_interval_seconds(spec: PolicySpec) -> float:
+    """How long to wait between looks at a policy that needs nothing (Ready, Blocked)."""
+    return _seconds(spec.rotation.check_interval, 3600.0)
+
+
 def newest_version(key_id: str, versions: Iterable[KeyState], now: dt.datetime | None = None) -> str | None:
     """The newest usable version of the key named by ``key_id`` (versioned or not) among ``versions``.
 
@@ -346,7 +351,7 @@ def plan_next_step(
     ``now`` filters expired and not-yet-valid versions when following the latest one.
     ``deleting``: the policy is being deleted; deletionPolicy decides what that means.
     """
-    ready_delay = _seconds(spec.rotation.check_interval, 3600.0)
+    ready_delay = check_interval_seconds(spec)
     observed = KmsConfig.of_cluster(cluster)
 
     if deleting and spec.deletion_policy != "Disable":

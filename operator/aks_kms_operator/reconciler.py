@@ -178,7 +178,7 @@ class Reconciler:
         return decision
 
     def _transient(self, obs: Observation, err: Exception, retry_after: float | None) -> Decision:
-        delay = max(retry_after or 0.0, self.settings.error_retry if retry_after is None else 0.0)
+        delay = retry_after if retry_after is not None else self.settings.error_retry
         return Decision(Step.WAIT, (), type(err).__name__, f"Azure: {err}; retrying in {delay:.0f}s",
                         delay=delay, phase=obs.status.phase or "Pending")
 
@@ -193,7 +193,7 @@ class Reconciler:
                         f"ClusterEncryptionPolicy {owners[0]} already manages cluster {obs.spec.cluster.name}; "
                         "this policy does nothing",
                         f"kubectl delete clusterencryptionpolicy {obs.name} (keep exactly one per cluster)",
-                        planning._seconds(obs.spec.rotation.check_interval, 3600.0), "Blocked")
+                        planning.check_interval_seconds(obs.spec), "Blocked")
 
     async def _plan(self, obs: Observation, deleting: bool, findings: list[Finding] | None = None) -> Decision:
         if obs.snapshot is None:
