@@ -5,15 +5,19 @@ PY      := .venv/bin/python
 PYTEST  := .venv/bin/pytest
 STAMP   := .venv/.installed
 SIZES   ?= 1000 10000 50000
+RUNS    ?= 10
+SEED    ?= 20261201
+STEPS   ?= 6
 BENCH_JSON ?=
 
-.PHONY: help venv tools setup crd base lint test test-unit test-integration test-e2e demo bench clean
+.PHONY: help venv tools setup crd base lint test test-unit test-integration test-e2e chaos demo bench clean
 
 help:
 	@echo "make test   - set up everything, then lint, unit, integration and e2e tests"
 	@echo "make demo   - the lab: enable KMS, re-encrypt, rotate, re-encrypt, verify"
 	@echo "make tools  - build pinned kube-apiserver, kubectl, etcd, helm, argocd-lua, kstatus into .cache/bin"
 	@echo "make bench  - rewrite benchmarks (SIZES=\"1000 10000\" BENCH_JSON=path)"
+	@echo "make chaos  - seeded chaos schedules against a multi-replica lab (RUNS=10 SEED=20261201 STEPS=6)"
 
 # The virtualenv is rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -60,8 +64,16 @@ test-integration: setup
 test-e2e: setup
 	$(PYTEST) tests/e2e -q
 
+# make test includes one short fixed chaos schedule (tests/chaos, CHAOS_* defaults in its conftest).
 test: setup lint
-	$(PYTEST) tests/unit tests/integration tests/e2e -q
+	rm -f .cache/chaos/report.json
+	$(PYTEST) tests/unit tests/integration tests/e2e tests/chaos -q
+	$(PY) -m tests.chaos.report
+
+# Longer chaos: RUNS seeded schedules of STEPS changes each, starting at SEED; prints the report.
+chaos: setup
+	rm -f .cache/chaos/report.json
+	CHAOS_RUNS=$(RUNS) CHAOS_SEED=$(SEED) CHAOS_STEPS=$(STEPS) $(PYTEST) tests/chaos -q -p no:cacheprovider; rc=$$?; $(PY) -m tests.chaos.report; exit $$rc
 
 demo: setup
 	hack/demo.sh
