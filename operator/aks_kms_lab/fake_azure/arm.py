@@ -135,6 +135,8 @@ class LroPlan:
     old_kms: dict[str, Any]
     new_kms: dict[str, Any]
     failure: tuple[str, str] | None  # decided at PUT time: async validation or injected failure
+    # An injected failure reported only after the change was applied (AKS-sim rolled the API servers).
+    failure_after_apply: tuple[str, str] | None = None
 
 
 Launcher = Callable[[LroPlan], None]
@@ -490,8 +492,12 @@ def put_cluster(
         failure = validate_kms(state, existing, merged)
         sp = merged["properties"].setdefault("securityProfile", {})
         sp["azureKeyVaultKms"] = new_kms
+    after_apply: tuple[str, str] | None = None
     if failure is None and state.lro.fail_times > 0 and state.lro.fail_with is not None:
-        failure = state.lro.fail_with
+        if state.lro.fail_after_apply:
+            after_apply = state.lro.fail_with
+        else:
+            failure = state.lro.fail_with
         state.lro.fail_times -= 1
     changed = changed_paths(existing, merged)
     dropped = dropped_properties(existing, body)
@@ -502,7 +508,7 @@ def put_cluster(
     op = Operation(id=str(uuid.uuid4()), cluster_key=key, subscription_id=sub, location=location)
     state.operations[op.id] = op
     state.busy[key] = op.id
-    launch(LroPlan(op, old_kms, new_kms, failure))
+    launch(LroPlan(op, old_kms, new_kms, failure, after_apply))
     api_version = request.query.get("api-version", "2026-08-01")
     resp = _cluster_response(merged, 200)
     resp.headers["Azure-AsyncOperation"] = (

@@ -7,8 +7,14 @@ Routing, by order:
 2. ``/{tenant}/v2.0/.well-known/openid-configuration`` and ``/{tenant}/oauth2/v2.0/token`` → Entra.
 3. Everything else → ARM (bearer token of the fake required).
 
-Faults injected with :meth:`FakeAzure.inject` are answered before routing and authentication, the way
-a gateway in front of the real service answers 429/503. Accepted writes (2xx ARM PUTs and Key Vault
+Faults injected with :meth:`FakeAzure.inject` (and :meth:`FakeAzure.inject_storm`) are answered before
+routing and authentication, the way a gateway in front of the real service answers 429/503.
+:meth:`FakeAzure.inject_lost_response` is the ambiguous kind: the request IS applied (a PUT launches
+its operation and changes the eTag), but its response is lost on the way back (a gateway 504, a
+connection closed without an answer, or no answer until the client gives up), so the client cannot
+tell whether it was applied and its retry of the same ``If-Match`` PUT gets 412. ``set_lro(...,
+fail_after_apply=True)`` is the other ambiguity: the KMS change reaches the API servers and the
+operation still ends Failed. Accepted writes (2xx ARM PUTs and Key Vault
 create/rotate/update) go to :attr:`FakeAzure.writes` and, when a state directory is given, to
 ``writes.jsonl`` there.
 
@@ -92,6 +98,19 @@ class _Fault:
 
 
 @dataclass
+class _LostResponse:
+    method: str
+    path: re.Pattern[str]
+    mode: str  # "504" | "drop" | "hang"
+    times: int
+    hold_seconds: float
+    hits: int = 0
+
+
+LOST_RESPONSE_MODES = ("504", "drop", "hang")
+
+
+@dataclass
 class _Lro:
     thread: threading.Thread
     done: threading.Event = field(default_factory=threading.Event)
@@ -165,6 +184,14 @@ class _Handler(BaseHTTPRequestHandler):
             host=host,
         )
         response = self.server.fake._dispatch(request)
+        if response.lost is not None:
+            # Applied, but the client never hears back: hold (if asked), then close without a byte.
+            if response.lost == "hang":
+                self.server.fake._stopping.wait(response.hold_seconds)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         payload = response.encoded()
         self.send_response(response.status)
         headers = {"Content-Type": "application/json; charset=utf-8", **response.headers}
@@ -202,6 +229,7 @@ class FakeAzure:
         self._writes: list[WriteRecord] = []
         self._requests: list[RequestRecord] = []
         self._faults: list[_Fault] = []
+        self._lost: list[_LostResponse] = []
         self._lros: list[_Lro] = []
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -484,20 +512,75 @@ class FakeAzure:
         with self._state.lock:
             self._faults.append(fault)
 
+    def inject_storm(
+        self,
+        method: str,
+        path_regex: str,
+        status: int = 429,
+        *,
+        times: int = 5,
+        retry_after: float | None = 1.0,
+    ) -> None:
+        """``times`` answers in a row of 429 (ARM throttling) or 409 (AKS: another operation is in
+        progress), each with ``Retry-After``, before requests reach the service again."""
+        if status == 409:
+            body: Any = {"error": {"code": "OperationNotAllowed", "message": (
+                "Operation is not allowed: Another operation (Updating) is in progress, please wait for it to "
+                "finish before starting a new operation. See https://aka.ms/aks-pending-operation for more details")}}
+        elif status == 429:
+            body = {"error": {"code": "TooManyRequests", "message": (
+                "The request is being throttled as the limit has been reached for operation type - Write_"
+                "ObservationWindow_00:01:00. For more information, see - https://aka.ms/throttling")}}
+        else:
+            raise ValueError("a storm is of 409s or 429s")
+        self.inject(method, path_regex, status, times=times, retry_after=retry_after, body=body)
+
+    def inject_lost_response(
+        self,
+        method: str,
+        path_regex: str,
+        mode: str = "504",
+        *,
+        times: int = 1,
+        hold_seconds: float = 30.0,
+    ) -> None:
+        """Apply the next ``times`` successful requests matching method and path (``re.search``), then
+        lose their response: ``"504"`` answers 504 GatewayTimeout instead, ``"drop"`` closes the
+        connection without answering, ``"hang"`` answers nothing for ``hold_seconds`` (longer than
+        the client's read timeout) and then closes. The write log records the write (it happened),
+        with ``responseLost`` in its summary."""
+        if mode not in LOST_RESPONSE_MODES:
+            raise ValueError(f"mode must be one of {LOST_RESPONSE_MODES}")
+        lost = _LostResponse(method.upper(), re.compile(path_regex), mode, times, hold_seconds)
+        with self._state.lock:
+            self._lost.append(lost)
+
     def clear_faults(self) -> None:
         with self._state.lock:
             self._faults.clear()
+            self._lost.clear()
 
     def set_lro(
-        self, seconds: float | None = None, fail_with: tuple[str, str] | None = None, *, fail_times: int = 1
+        self,
+        seconds: float | None = None,
+        fail_with: tuple[str, str] | None = None,
+        *,
+        fail_times: int = 1,
+        fail_after_apply: bool = False,
     ) -> None:
         """``seconds``: duration of every following operation (kept). ``fail_with=(code, message)``:
-        the next ``fail_times`` accepted operations end Failed with that error."""
+        the next ``fail_times`` accepted operations end Failed with that error, before touching the
+        API servers; with ``fail_after_apply`` they end Failed only after the KMS change was applied
+        (AKS-sim rolled), ``fail_with`` defaulting to an internal error."""
+        if fail_after_apply and fail_with is None:
+            fail_with = ("InternalOperationError", "Reconciling the control plane failed after the update was "
+                                                   "applied; retry the operation.")
         with self._state.lock:
             if seconds is not None:
                 self._state.lro.seconds = seconds
             self._state.lro.fail_with = fail_with
             self._state.lro.fail_times = fail_times if fail_with is not None else 0
+            self._state.lro.fail_after_apply = fail_after_apply and fail_with is not None
 
     def wait_idle(self, timeout: float = 30) -> None:
         """Block until every long-running operation has finished."""
@@ -527,6 +610,16 @@ class FakeAzure:
             return Response(fault.status, body, headers)
         return None
 
+    def _take_lost(self, request: Request, response: Response) -> _LostResponse | None:
+        if not 200 <= response.status < 300:
+            return None
+        for lost in self._lost:
+            if lost.times > 0 and lost.method in (request.method, "*") and lost.path.search(request.path):
+                lost.times -= 1
+                lost.hits += 1
+                return lost
+        return None
+
     def _dispatch(self, request: Request) -> Response:
         with self._state.lock:
             injected = self._take_fault(request)
@@ -539,15 +632,22 @@ class FakeAzure:
                     response = err.response()
                 except Exception as exc:  # a bug in the fake must still answer like a server
                     response = ApiError(500, "InternalServerError", f"fake-azure error: {exc!r}").response()
-            self._requests.append(
-                RequestRecord(request.method, request.host, request.path, response.status, injected is not None)
-            )
+            lost = self._take_lost(request, response) if injected is None else None
+            seen = response.status if lost is None else (504 if lost.mode == "504" else 0)
+            was_injected = injected is not None or lost is not None
+            self._requests.append(RequestRecord(request.method, request.host, request.path, seen, was_injected))
             if response.write_summary is not None and 200 <= response.status < 300:
-                record = WriteRecord(
-                    request.method, request.host, request.path, response.status, response.write_summary, now_utc()
-                )
+                summary = response.write_summary if lost is None else {**response.write_summary,
+                                                                        "responseLost": lost.mode}
+                record = WriteRecord(request.method, request.host, request.path, response.status, summary, now_utc())
                 self._writes.append(record)
                 self._persist(record)
+            if lost is not None:
+                if lost.mode == "504":
+                    return Response(504, {"error": {"code": "GatewayTimeout", "message": (
+                        "The gateway did not receive a response from 'Microsoft.ContainerService' within the "
+                        "specified time period.")}})
+                return Response(0, lost=lost.mode, hold_seconds=lost.hold_seconds)
             return response
 
     def _persist(self, record: WriteRecord) -> None:
@@ -587,6 +687,8 @@ class FakeAzure:
                     hook(plan.operation.cluster_key, dict(plan.old_kms), dict(plan.new_kms))
                 except Exception as exc:
                     failure = ("InternalOperationError", f"Reconciling KMS on the control plane failed: {exc}")
+            if failure is None:
+                failure = plan.failure_after_apply  # applied, and Failed all the same
             self._finish(plan, failure)
         finally:
             lro.done.set()

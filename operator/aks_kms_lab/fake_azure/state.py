@@ -275,6 +275,7 @@ class LroSettings:
     seconds: float = 0.2
     fail_with: tuple[str, str] | None = None
     fail_times: int = 0
+    fail_after_apply: bool = False  # the failure comes after the KMS change reached the API servers
 
 
 class FakeState:

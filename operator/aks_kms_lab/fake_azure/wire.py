@@ -37,6 +37,10 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     # What the write log records for an accepted write; None means "not a write".
     write_summary: dict[str, Any] | None = None
+    # Set by an injected lost response: "drop" (close without answering) or "hang" (answer nothing
+    # for a while, then close). The request was applied all the same.
+    lost: str | None = None
+    hold_seconds: float = 0.0
 
     def encoded(self) -> bytes:
         if self.body is None:
