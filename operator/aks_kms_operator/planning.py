@@ -16,7 +16,11 @@ How a handler acts on a ``Decision`` (``next_step``):
 * ``WaitForKeySwitch``: probe the canary. When the switch is proven, store
   ``status_after_key_switch``; until then raise a temporary error.
 * ``Rewrite``: run (or resume) the rewrite toward ``step.key_id``; when it completes, store
-  ``status_after_rewrite``.
+  ``status_after_rewrite`` (the rewrite is done; nothing is proven yet).
+* ``Verify``: run (or resume) verification pass ``status.verification.passes + 1``: no-op writes to
+  every Secret over fresh connections. Store ``status_after_verify_pass``: only a pass that
+  re-encrypted zero Secrets moves ``encryptedWith``; otherwise the next pass waits until
+  ``verification.nextPassAt`` (``Wait`` ReplicaBehind, or ``Blocked`` VerifyFailed).
 * ``Wait``: requeue after ``delay``. ``Blocked``: Stalled with ``reason`` and ``fix``.
   ``Ready``: requeue after ``delay`` to keep watching key versions and expiry.
 
@@ -31,6 +35,8 @@ The safety invariants of design.md 2.3 that concern sequencing are all enforced 
 3. A Rewrite toward a key runs only after the switch to that key was proven:
    ``status.rewrite.targetKeyId`` is set only by ``status_after_key_switch``, and a Rewrite
    toward any other key is preceded by ``WaitForKeySwitch``.
+10. ``encryptedWith`` moves only through ``status_after_verify_pass`` with zero re-encrypted and
+   zero failed Secrets: every Rewrite is followed by Verify.
 4. ``keyVaultNetworkAccess`` (and the Private vault) is never changed while enabled: such a change
    is planned as Disable, WaitForKeySwitch, Rewrite, Check, Enable(new mode), WaitForKeySwitch,
    Rewrite.
@@ -43,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -55,17 +61,23 @@ from .api.v1alpha1 import (
     PolicySpec,
     PolicyStatus,
     RewriteStatus,
+    VerificationStatus,
 )
 from .model import IDENTITY, ClusterState, KeyRef, KeyState, same_key
 from .preflight import KMS_V2_MINIMUM, Finding, Reason, Severity, blocking, ordered, waiting
 from .preflight import warnings as warning_findings
 
 BUSY_RETRY = 30.0  # seconds: AKS operations take minutes; polling faster only costs ARM reads
+# A rewrite right after our own write should find (almost) every Secret under the replaced key. Above
+# this share of unchanged answers (and this many Secrets), the run most likely reached a replica that
+# had not switched: said loudly (status warning, Event), never taken as success.
+ALREADY_CURRENT_WARN_SHARE = 0.25
+ALREADY_CURRENT_WARN_MIN = 20
 MAX_RETIRABLE = 16  # status.keys.retirable maxItems
 
 
 class Step(StrEnum):
-    """Plan steps (the first six) and the three outcomes that need no action of their own."""
+    """Plan steps (the first seven) and the three outcomes that need no action of their own."""
 
     CHECK = "Check"
     ENABLE = "Enable"
@@ -73,6 +85,7 @@ class Step(StrEnum):
     DISABLE = "Disable"
     WAIT_FOR_KEY_SWITCH = "WaitForKeySwitch"
     REWRITE = "Rewrite"
+    VERIFY = "Verify"
     READY = "Ready"
     WAIT = "Wait"
     BLOCKED = "Blocked"
@@ -88,6 +101,7 @@ _PHASES = {
     Step.DISABLE: "UpdatingCluster",
     Step.WAIT_FOR_KEY_SWITCH: "WaitingForKeySwitch",
     Step.REWRITE: "Rewriting",
+    Step.VERIFY: "Verifying",
     Step.READY: "Ready",
     Step.BLOCKED: "Blocked",
 }
@@ -271,9 +285,17 @@ def desired_config(spec: PolicySpec, key_versions: Sequence[KeyState] = (), now:
 # ------------------------------------------------------------------------------------ the plan
 
 
-def _rewrite_steps(key: str, proven: bool) -> list[PlannedStep]:
+def _rewrite_steps(key: str, proven: bool, rewritten: bool = False) -> list[PlannedStep]:
+    """What follows a write toward ``key``: prove the switch, rewrite, verify (invariants 3 and 10)."""
+    if rewritten:
+        return [PlannedStep(Step.VERIFY, key)]
     out = [] if proven else [PlannedStep(Step.WAIT_FOR_KEY_SWITCH, key)]
-    return [*out, PlannedStep(Step.REWRITE, key)]
+    return [*out, PlannedStep(Step.REWRITE, key), PlannedStep(Step.VERIFY, key)]
+
+
+def rewrite_done(rewrite: RewriteStatus, key: str) -> bool:
+    """The rewrite toward ``key`` walked every namespace without a failed Secret."""
+    return _same(rewrite.target_key_id, key) and bool(rewrite.completed_at) and rewrite.failed == 0
 
 
 def _change_steps(desired: KmsConfig, observed: KmsConfig) -> list[PlannedStep]:
@@ -311,15 +333,17 @@ def remaining_steps(desired: KmsConfig, observed: KmsConfig, status: PolicyStatu
     """Everything still to do, from the observed configuration and the ledger alone.
 
     The ledger is behind when ``encryptedWith`` is not the key AKS writes with: the last rewrite
-    has not completed (or never ran: adoption, or a change made outside the operator). That
+    has not been verified (or never ran: adoption, or a change made outside the operator). That
     rewrite comes first, whatever else changed (invariant 1). It needs a proven key switch:
     ``rewrite.targetKeyId`` equal to the key means the switch was proven and the rewrite can go on
-    from its checkpoint; otherwise WaitForKeySwitch goes first (invariant 3).
+    from its checkpoint; otherwise WaitForKeySwitch goes first (invariant 3). A completed rewrite
+    still needs a clean verification pass (invariant 10).
     """
     aks_key = observed.write_key
     steps: list[PlannedStep] = []
     if not _same(status.encrypted_with, aks_key):
-        steps += _rewrite_steps(aks_key, proven=_same(status.rewrite.target_key_id, aks_key))
+        steps += _rewrite_steps(aks_key, proven=_same(status.rewrite.target_key_id, aks_key),
+                                rewritten=rewrite_done(status.rewrite, aks_key))
     return steps + _change_steps(desired, observed)
 
 
@@ -415,13 +439,16 @@ def plan_next_step(
                           f"{short(first.key_id)}", delay=BUSY_RETRY, phase="WaitingForKeySwitch", discard=discard)
         return decide(Step.WAIT_FOR_KEY_SWITCH, steps, "WaitingForKeySwitch",
                       f"proving every API server writes with {short(first.key_id)}", discard=discard)
+    if first.step in (Step.REWRITE, Step.VERIFY) and spec.rewrite.paused:
+        what = "rewrite" if first.step is Step.REWRITE else "verification"
+        return decide(Step.WAIT, steps, "RewritePaused",
+                      f"{what} toward {short(first.key_id)} paused by spec.rewrite.paused",
+                      delay=ready_delay, phase="Paused", discard=discard)
     if first.step is Step.REWRITE:
-        if spec.rewrite.paused:
-            return decide(Step.WAIT, steps, "RewritePaused",
-                          f"rewrite toward {short(first.key_id)} paused by spec.rewrite.paused",
-                          delay=ready_delay, phase="Paused", discard=discard)
         return decide(Step.REWRITE, steps, "Rewriting", f"re-encrypting Secrets for {short(first.key_id)}",
                       discard=discard)
+    if first.step is Step.VERIFY:
+        return _verify_decision(decide, steps, status, now, discard)
 
     # first is a Check guarding the write steps[1].
     write = steps[1]
@@ -445,6 +472,57 @@ def plan_next_step(
                       discard=discard, extra=warning_findings(found))
     return decide(write.step, steps[1:], write.step.value, f"{write} to {short(write.key_id)}",
                   discard=discard, extra=warning_findings(found))
+
+
+def _already_current_warning(status: PolicyStatus, key: str) -> list[Finding]:
+    """A rewrite right after our write that found many Secrets "already current" reached a lagging replica."""
+    rw = status.rewrite
+    if not (rw.follows_write and rewrite_done(rw, key)) or rw.seen < ALREADY_CURRENT_WARN_MIN:
+        return []
+    share = rw.already_current / rw.seen
+    if share <= ALREADY_CURRENT_WARN_SHARE:
+        return []
+    return [Finding(
+        "AlreadyCurrentAfterSwitch", Severity.WARN,
+        f"{rw.already_current} of {rw.seen} Secrets ({share:.0%}) came back unchanged right after the switch to "
+        f"{short(key)}: an API server replica that had not reloaded answered for them; the verification "
+        "pass re-writes them before encryptedWith moves",
+        "none needed; if it repeats, check that every API server replica reloads the KMS configuration")]
+
+
+def _iso_time(text: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def _verify_decision(decide: Callable[..., Decision], steps: Sequence[PlannedStep], status: PolicyStatus,
+                     now: dt.datetime | None, discard: bool) -> Decision:
+    """Verify now, or wait out the pause a dirty pass asked for (invariant 10)."""
+    first = steps[0]
+    v = status.verification
+    extra = _already_current_warning(status, first.key_id)
+    mine = _same(v.target_key_id, first.key_id)
+    due = _iso_time(v.next_pass_at) if mine and v.next_pass_at else None
+    if due is not None and now is not None and due > now:
+        delay = max(1.0, (due - now).total_seconds())
+        if v.last_pass_failed:
+            return decide(Step.BLOCKED, steps, "VerifyFailed",
+                          f"verification pass {v.passes} for {short(first.key_id)} could not write "
+                          f"{v.last_pass_failed} Secret(s) ({', '.join(v.failures[:3])}); "
+                          f"next pass at {v.next_pass_at}",
+                          fix="fix what refuses the writes (admission webhook, permissions); the operator passes "
+                              "again", delay=delay, discard=discard, extra=extra)
+        return decide(Step.WAIT, steps, "ReplicaBehind",
+                      f"verification pass {v.passes} for {short(first.key_id)} re-encrypted {v.last_pass_reencrypted} "
+                      f"Secret(s) and retried {v.retried} write(s) after a 5xx or a dropped connection: an API "
+                      f"server replica was still on an older key; next pass at {v.next_pass_at}",
+                      delay=delay, phase="Verifying", discard=discard, extra=extra)
+    number = (v.passes if mine else 0) + 1
+    return decide(Step.VERIFY, steps, "Verifying",
+                  f"verification pass {number}: every Secret must come back unchanged under {short(first.key_id)}",
+                  discard=discard, extra=extra)
 
 
 def _outcome(step: Step, steps: tuple[PlannedStep, ...], finding: Finding, delay: float, deleting: bool,
@@ -583,16 +661,27 @@ def refresh_ledger(ledger: KeyLedger, states: Iterable[KeyState]) -> KeyLedger:
 # ------------------------------------------------------------------ status after each step
 
 
-def operation_for(step: PlannedStep, *, started_at: dt.datetime, canary_resource_version: str = "") -> OperationStatus:
-    """status.operation to store once ARM accepted the write of ``step``."""
+def operation_for(step: PlannedStep, *, started_at: dt.datetime, canary_resource_version: str = "",
+                  canary_uid: str = "") -> OperationStatus:
+    """status.operation to store before the write of ``step`` is sent (kept until the planner drops it)."""
     if not step.writes:
         raise ValueError(f"{step} is not an ARM write")
     return OperationStatus(step=step.step.value, target_key_id="" if step.key_id == IDENTITY else step.key_id,
-                           started_at=_iso(started_at), canary_resource_version=canary_resource_version)
+                           started_at=_iso(started_at), canary_resource_version=canary_resource_version,
+                           canary_uid=canary_uid)
+
+
+def operation_with_new_canary(op: OperationStatus, *, resource_version: str, uid: str) -> OperationStatus:
+    """The operation once its canary was deleted or replaced and re-created after the write.
+
+    The new canary has no "before": its baseline is only where the proof's window starts, and
+    ``canaryRecreated`` tells the next WaitForKeySwitch (also after a restart) not to wait for a change.
+    """
+    return dataclasses.replace(op, canary_resource_version=resource_version, canary_uid=uid, canary_recreated=True)
 
 
 def status_after_write(status: PolicyStatus, step: PlannedStep, *, at: dt.datetime,
-                       canary_resource_version: str = "") -> PolicyStatus:
+                       canary_resource_version: str = "", canary_uid: str = "") -> PolicyStatus:
     """Status once ARM accepted the write of ``step``: the operation in flight.
 
     The slots shift only when the switch is proven (``status_after_key_switch``), but a key that
@@ -601,7 +690,7 @@ def status_after_write(status: PolicyStatus, step: PlannedStep, *, at: dt.dateti
     keep = [step.key_id] if step.key_id != IDENTITY else []
     keys = dataclasses.replace(status.keys, retirable=_retire(status.keys.retirable, (), keep, at))
     return dataclasses.replace(status, keys=keys, operation=operation_for(
-        step, started_at=at, canary_resource_version=canary_resource_version))
+        step, started_at=at, canary_resource_version=canary_resource_version, canary_uid=canary_uid))
 
 
 def status_after_key_switch(status: PolicyStatus, step: PlannedStep, *, at: dt.datetime) -> PolicyStatus:
@@ -613,20 +702,59 @@ def status_after_key_switch(status: PolicyStatus, step: PlannedStep, *, at: dt.d
     the key AKS wrote with.
     """
     keys = status.keys
-    if status.operation.step:
+    ours = bool(status.operation.step)
+    if ours:
         keys = ledger_after_write(keys, written=step.key_id, before=status.encrypted_with, at=at)
     return dataclasses.replace(status, operation=OperationStatus(), keys=keys,
-                               rewrite=RewriteStatus(target_key_id=step.key_id, started_at=_iso(at)))
+                               rewrite=RewriteStatus(target_key_id=step.key_id, started_at=_iso(at),
+                                                     follows_write=ours),
+                               verification=VerificationStatus())
 
 
 def status_after_rewrite(status: PolicyStatus, *, at: dt.datetime) -> PolicyStatus:
-    """Status once the rewrite toward ``status.rewrite.targetKeyId`` finished every namespace."""
+    """Status once the rewrite toward ``status.rewrite.targetKeyId`` finished every namespace.
+
+    Nothing is proven yet (invariant 10): ``encryptedWith`` stays; verification starts from pass 1.
+    """
     target = status.rewrite.target_key_id
     if not target:
         raise ValueError("no rewrite target recorded")
     return dataclasses.replace(
         status,
-        encrypted_with=target,
-        keys=ledger_after_rewrite(status.keys, completed=target, at=at),
-        rewrite=dataclasses.replace(status.rewrite, completed_at=_iso(at)),
+        rewrite=dataclasses.replace(status.rewrite, completed_at=status.rewrite.completed_at or _iso(at)),
+        verification=VerificationStatus(target_key_id=target),
     )
+
+
+def rewrite_retry(status: PolicyStatus, *, at: dt.datetime) -> PolicyStatus:
+    """Status after a rewrite that failed some Secrets: the next attempt is a new run toward the same key.
+
+    Everything that belongs to the run (checkpoint, counters, failures) starts over, so a retry
+    can succeed; the target key (the proof of the switch) and ``followsWrite`` are kept.
+    """
+    rw = status.rewrite
+    return dataclasses.replace(status, rewrite=RewriteStatus(target_key_id=rw.target_key_id, started_at=_iso(at),
+                                                             follows_write=rw.follows_write))
+
+
+def status_after_verify_pass(status: PolicyStatus, key: str, *, reencrypted: int, failed: int, at: dt.datetime,
+                             retry_after: dt.timedelta, retried: int = 0) -> PolicyStatus:
+    """Status once verification pass ``passes + 1`` toward ``key`` walked every namespace.
+
+    Zero re-encrypted, zero failed and zero retried (5xx, dropped connections: what a replica that
+    cannot read the new key answers): every Secret is proven under ``key``; ``encryptedWith`` moves
+    and the ledger follows. Anything else: a replica was behind (or a write was refused); record
+    it, and the next pass waits ``retry_after``.
+    """
+    v = status.verification
+    if not _same(v.target_key_id, key):
+        v = VerificationStatus(target_key_id=key)
+    passes = v.passes + 1
+    if reencrypted == 0 and failed == 0 and retried == 0:
+        done = dataclasses.replace(v, passes=passes, pass_number=passes, last_pass_reencrypted=0,
+                                   last_pass_failed=0, next_pass_at="", verified_at=_iso(at))
+        return dataclasses.replace(status, encrypted_with=key, verification=done,
+                                   keys=ledger_after_rewrite(status.keys, completed=key, at=at))
+    dirty = dataclasses.replace(v, passes=passes, pass_number=passes, last_pass_reencrypted=reencrypted,
+                                last_pass_failed=failed, next_pass_at=_iso(at + retry_after), verified_at="")
+    return dataclasses.replace(status, verification=dirty)

@@ -38,8 +38,10 @@ from aks_kms_operator.planning import (
     plan_next_step,
     plan_status,
     refresh_ledger,
+    rewrite_retry,
     status_after_key_switch,
     status_after_rewrite,
+    status_after_verify_pass,
     status_after_write,
 )
 from aks_kms_operator.preflight import Finding, Severity
@@ -96,13 +98,13 @@ def names(d: Decision) -> list[str]:
 def test_disabled_to_enabled() -> None:
     d = plan_next_step(spec(True, KA), cluster(False), status(IDENTITY))
     assert d.next_step is Step.CHECK
-    assert names(d) == ["Check", "Enable(Public)", "WaitForKeySwitch", "Rewrite"]
+    assert names(d) == ["Check", "Enable(Public)", "WaitForKeySwitch", "Rewrite", "Verify"]
     assert d.phase == "Checking"
     w = plan_next_step(spec(True, KA), cluster(False), status(IDENTITY), findings=[])
     assert w.next_step is Step.ENABLE and w.writes
     assert w.step == PlannedStep(Step.ENABLE, KA, "Public", "", IDENTITY)
-    assert names(w) == ["Enable(Public)", "WaitForKeySwitch", "Rewrite"]
-    assert [s.key_id for s in w.steps] == [KA, KA, KA]
+    assert names(w) == ["Enable(Public)", "WaitForKeySwitch", "Rewrite", "Verify"]
+    assert [s.key_id for s in w.steps] == [KA, KA, KA, KA]
     assert w.phase == "UpdatingCluster"
 
 
@@ -114,7 +116,7 @@ def test_disabled_to_enabled_private_carries_the_vault() -> None:
 
 def test_rotate_a_to_b() -> None:
     d = plan_next_step(spec(True, KB), cluster(True, KA), status(KA))
-    assert names(d) == ["Check", "Update", "WaitForKeySwitch", "Rewrite"]
+    assert names(d) == ["Check", "Update", "WaitForKeySwitch", "Rewrite", "Verify"]
     assert d.steps[1] == PlannedStep(Step.UPDATE, KB, "Public", "", KA)
     w = plan_next_step(spec(True, KB), cluster(True, KA), status(KA), findings=[])
     assert w.next_step is Step.UPDATE and w.step.replaces == KA
@@ -123,16 +125,16 @@ def test_rotate_a_to_b() -> None:
 @pytest.mark.parametrize(("old", "new"), [("Public", "Private"), ("Private", "Public")])
 def test_mode_change_goes_through_disable(old: str, new: str) -> None:
     d = plan_next_step(spec(True, KA, new), cluster(True, KA, old), status(KA))
-    assert names(d) == ["Check", "Disable", "WaitForKeySwitch", "Rewrite",
-                        "Check", f"Enable({new})", "WaitForKeySwitch", "Rewrite"]
-    assert [s.key_id for s in d.steps] == [IDENTITY] * 4 + [KA] * 4
+    assert names(d) == ["Check", "Disable", "WaitForKeySwitch", "Rewrite", "Verify",
+                        "Check", f"Enable({new})", "WaitForKeySwitch", "Rewrite", "Verify"]
+    assert [s.key_id for s in d.steps] == [IDENTITY] * 5 + [KA] * 5
     w = plan_next_step(spec(True, KA, new), cluster(True, KA, old), status(KA), findings=[])
     assert w.next_step is Step.DISABLE
 
 
 def test_mode_change_with_new_key_enables_the_new_key() -> None:
     d = plan_next_step(spec(True, KB, "Private"), cluster(True, KA, "Public"), status(KA))
-    assert d.steps[5] == PlannedStep(Step.ENABLE, KB, "Private", VAULT_ID, IDENTITY)
+    assert d.steps[6] == PlannedStep(Step.ENABLE, KB, "Private", VAULT_ID, IDENTITY)
 
 
 def test_private_vault_change_is_a_mode_change() -> None:
@@ -143,20 +145,20 @@ def test_private_vault_change_is_a_mode_change() -> None:
 
 def test_enabled_to_disabled() -> None:
     d = plan_next_step(spec(False), cluster(True, KA), status(KA))
-    assert names(d) == ["Check", "Disable", "WaitForKeySwitch", "Rewrite"]
+    assert names(d) == ["Check", "Disable", "WaitForKeySwitch", "Rewrite", "Verify"]
     assert d.steps[1] == PlannedStep(Step.DISABLE, IDENTITY, replaces=KA)
     assert d.steps[3].key_id == IDENTITY
 
 
 def test_nothing_changed_ledger_behind_rewrites() -> None:
     d = plan_next_step(spec(True, KB), cluster(True, KB), status(KA, proven=KB))
-    assert d.next_step is Step.REWRITE and names(d) == ["Rewrite"] and d.step.key_id == KB
+    assert d.next_step is Step.REWRITE and names(d) == ["Rewrite", "Verify"] and d.step.key_id == KB
     assert d.phase == "Rewriting"
 
 
 def test_nothing_changed_disabled_ledger_behind_rewrites_to_identity() -> None:
     d = plan_next_step(spec(False), cluster(False), status(KA, proven=IDENTITY))
-    assert names(d) == ["Rewrite"] and d.step.key_id == IDENTITY
+    assert names(d) == ["Rewrite", "Verify"] and d.step.key_id == IDENTITY
 
 
 @pytest.mark.parametrize("ledger", ["", KZ])
@@ -164,7 +166,7 @@ def test_unproven_switch_is_proven_before_rewrite(ledger: str) -> None:
     # Adoption (empty ledger) or a key changed outside the operator: never rewrite on faith.
     d = plan_next_step(spec(True, KA), cluster(True, KA), status(ledger, proven=ledger))
     assert d.next_step is Step.WAIT_FOR_KEY_SWITCH
-    assert names(d) == ["WaitForKeySwitch", "Rewrite"]
+    assert names(d) == ["WaitForKeySwitch", "Rewrite", "Verify"]
 
 
 def test_ready_when_nothing_changed_and_ledger_current() -> None:
@@ -263,7 +265,7 @@ def test_second_rotation_before_first_rewrite_finished_rewrites_first() -> None:
     for findings in (None, []):
         d = plan_next_step(spec(True, KC), cluster(True, KB), status(KA, proven=KB), findings=findings)
         assert d.next_step is Step.REWRITE and d.step.key_id == KB
-        assert names(d) == ["Rewrite", "Check", "Update", "WaitForKeySwitch", "Rewrite"]
+        assert names(d) == ["Rewrite", "Verify", "Check", "Update", "WaitForKeySwitch", "Rewrite", "Verify"]
     # Only once the B rewrite is complete does C go to AKS, with B as the key it replaces.
     d = plan_next_step(spec(True, KC), cluster(True, KB), status(KB), findings=[])
     assert d.next_step is Step.UPDATE and d.step.replaces == KB
@@ -325,11 +327,12 @@ def test_write_in_flight_is_waited_on_never_repeated() -> None:
     for findings in (None, []):
         d = plan_next_step(spec(True, KB), cluster(True, KB, state="Updating"), st, findings=findings)
         assert d.next_step is Step.WAIT and d.reason == "ClusterUpdating" and d.phase == "UpdatingCluster"
-        assert names(d) == ["Update", "WaitForKeySwitch", "Rewrite"]
+        assert names(d) == ["Update", "WaitForKeySwitch", "Rewrite", "Verify"]
     # Even if the spec moved on meanwhile: wait, then finish B, then go to C.
     d = plan_next_step(spec(True, KC), cluster(True, KB, state="Updating"), st, findings=[])
     assert d.next_step is Step.WAIT
-    assert names(d) == ["Update", "WaitForKeySwitch", "Rewrite", "Check", "Update", "WaitForKeySwitch", "Rewrite"]
+    assert names(d) == ["Update", "WaitForKeySwitch", "Rewrite", "Verify",
+                        "Check", "Update", "WaitForKeySwitch", "Rewrite", "Verify"]
 
 
 def test_unknown_operation_step_still_waits() -> None:
@@ -469,7 +472,7 @@ def test_deleting_with_retain_leaves_aks_alone() -> None:
 
 def test_deleting_with_disable_disables_then_is_ready() -> None:
     d = plan_next_step(spec(True, KA, deletion="Disable"), cluster(True, KA), status(KA), deleting=True)
-    assert names(d) == ["Check", "Disable", "WaitForKeySwitch", "Rewrite"] and d.phase == "Deleting"
+    assert names(d) == ["Check", "Disable", "WaitForKeySwitch", "Rewrite", "Verify"] and d.phase == "Deleting"
     d = plan_next_step(spec(True, KA, deletion="Disable"), cluster(False), status(IDENTITY), deleting=True)
     assert d.next_step is Step.READY
 
@@ -491,7 +494,7 @@ def test_resume_after_restart_mid_rewrite_does_not_redo_the_switch() -> None:
     st = dataclasses.replace(st, rewrite=dataclasses.replace(st.rewrite, last_namespace="team-17",
                                                              namespaces_done=17))
     d = plan_next_step(spec(True, KB), cluster(True, KB), st)
-    assert d.next_step is Step.REWRITE and names(d) == ["Rewrite"]
+    assert d.next_step is Step.REWRITE and names(d) == ["Rewrite", "Verify"]
 
 
 # ------------------------------------------------------------------------------- the ledger
@@ -607,7 +610,11 @@ def test_rotation_walkthrough_with_status_helpers() -> None:
         d = plan_next_step(want, aks, st)
         assert d.next_step is Step.REWRITE
         st = status_after_rewrite(st, at=NOW)
-        assert st.encrypted_with == new and st.rewrite.completed_at
+        assert st.encrypted_with != new and st.rewrite.completed_at
+        d = plan_next_step(want, aks, st, now=NOW)
+        assert d.next_step is Step.VERIFY and names(d) == ["Verify"]
+        st = status_after_verify_pass(st, new, reencrypted=0, failed=0, at=NOW, retry_after=dt.timedelta(90))
+        assert st.encrypted_with == new and st.verification.verified_at and st.verification.passes == 1
         assert plan_next_step(want, aks, st).next_step is Step.READY
     assert (st.keys.current.key_id, st.keys.previous.key_id, ids(st.keys.retirable)) == (KC, KB, [KA])
 
@@ -622,6 +629,7 @@ def test_disable_walkthrough() -> None:
     st = status_after_key_switch(st, d.step, at=NOW)
     assert (st.keys.current.key_id, st.keys.previous.key_id, ids(st.keys.retirable)) == ("", KB, [KA])
     st = status_after_rewrite(st, at=NOW)
+    st = status_after_verify_pass(st, IDENTITY, reencrypted=0, failed=0, at=NOW, retry_after=dt.timedelta(90))
     assert st.encrypted_with == IDENTITY
     assert (st.keys.current.key_id, st.keys.previous.key_id, ids(st.keys.retirable)) == ("", KB, [KA])
     assert plan_next_step(spec(False), cluster(False), st).next_step is Step.READY
@@ -634,6 +642,8 @@ def test_adoption_walkthrough_proves_switch_without_shifting_slots() -> None:
     st = status_after_key_switch(st, d.step, at=NOW)
     assert st.keys == KeyLedger()
     st = status_after_rewrite(st, at=NOW)
+    assert st.keys == KeyLedger() and st.encrypted_with == ""
+    st = status_after_verify_pass(st, KA, reencrypted=0, failed=0, at=NOW, retry_after=dt.timedelta(90))
     assert st.keys.current.key_id == KA and st.encrypted_with == KA
 
 
@@ -656,13 +666,112 @@ def test_status_after_rewrite_needs_a_target() -> None:
         status_after_rewrite(PolicyStatus(), at=NOW)
 
 
+# ------------------------------------------------------------------- verification (invariant 10)
+
+
+def _rewritten(key: str, *, seen: int = 100, already_current: int = 0, follows_write: bool = True) -> PolicyStatus:
+    """Ledger behind ``key`` (encryptedWith KA), switch proven, rewrite toward ``key`` completed."""
+    st = status(KA, proven=key, keys=KeyLedger(current=rec(key), previous=rec(KA)))
+    rw = dataclasses.replace(st.rewrite, completed_at="2026-06-01T00:00:00Z", seen=seen,
+                             reencrypted=seen - already_current, already_current=already_current,
+                             follows_write=follows_write)
+    return dataclasses.replace(st, rewrite=rw)
+
+
+def test_completed_rewrite_is_not_encrypted_until_a_clean_verification_pass() -> None:
+    st = status_after_rewrite(_rewritten(KB), at=NOW)
+    assert st.encrypted_with == KA and st.verification.target_key_id == KB and st.verification.passes == 0
+    d = plan_next_step(spec(True, KB), cluster(True, KB), st, now=NOW)
+    assert d.next_step is Step.VERIFY and names(d) == ["Verify"] and d.phase == "Verifying"
+    assert "pass 1" in d.message
+
+
+def test_dirty_verification_pass_waits_then_passes_again() -> None:
+    st = status_after_rewrite(_rewritten(KB), at=NOW)
+    st = status_after_verify_pass(st, KB, reencrypted=7, failed=0, at=NOW, retry_after=dt.timedelta(seconds=90))
+    v = st.verification
+    assert st.encrypted_with == KA, "a pass that re-encrypted anything proves nothing"
+    assert (v.passes, v.last_pass_reencrypted, v.next_pass_at, v.verified_at) == (1, 7, "2026-06-01T00:01:30Z", "")
+    d = plan_next_step(spec(True, KB), cluster(True, KB), st, now=NOW)
+    assert d.next_step is Step.WAIT and d.reason == "ReplicaBehind" and d.delay == 90
+    assert "re-encrypted 7" in d.message and names(d) == ["Verify"]
+    later = plan_next_step(spec(True, KB), cluster(True, KB), st, now=NOW + dt.timedelta(seconds=91))
+    assert later.next_step is Step.VERIFY and "pass 2" in later.message
+    st = status_after_verify_pass(st, KB, reencrypted=0, failed=0, at=NOW, retry_after=dt.timedelta(seconds=90))
+    assert st.encrypted_with == KB and st.verification.passes == 2 and st.verification.verified_at
+    assert (st.keys.current.key_id, st.keys.previous.key_id) == (KB, KA)
+    assert plan_next_step(spec(True, KB), cluster(True, KB), st, now=NOW).next_step is Step.READY
+
+
+def test_verification_pass_with_retried_errors_is_not_clean() -> None:
+    """A replica that cannot read the new key answers 500: retried writes mean one was behind."""
+    st = status_after_rewrite(_rewritten(KB), at=NOW)
+    st = status_after_verify_pass(st, KB, reencrypted=0, failed=0, retried=4, at=NOW,
+                                  retry_after=dt.timedelta(seconds=90))
+    assert st.encrypted_with == KA and st.verification.next_pass_at
+    assert plan_next_step(spec(True, KB), cluster(True, KB), st, now=NOW).reason == "ReplicaBehind"
+
+
+def test_verification_pass_with_failures_stalls_until_the_next_pass() -> None:
+    st = status_after_rewrite(_rewritten(KB), at=NOW)
+    st = status_after_verify_pass(st, KB, reencrypted=0, failed=1, at=NOW, retry_after=dt.timedelta(seconds=30))
+    d = plan_next_step(spec(True, KB), cluster(True, KB), st, now=NOW)
+    assert d.next_step is Step.BLOCKED and d.reason == "VerifyFailed" and st.encrypted_with == KA
+
+
+def test_verification_of_another_key_starts_from_pass_one() -> None:
+    st = status_after_rewrite(_rewritten(KB), at=NOW)
+    st = status_after_verify_pass(st, KB, reencrypted=3, failed=0, at=NOW, retry_after=dt.timedelta(hours=1))
+    stale = dataclasses.replace(st, rewrite=dataclasses.replace(st.rewrite, target_key_id=KC))
+    d = plan_next_step(spec(True, KC), cluster(True, KC), stale, now=NOW)
+    assert d.next_step is Step.VERIFY and "pass 1" in d.message
+
+
+def test_failed_rewrite_is_not_done_and_a_retry_starts_a_new_run() -> None:
+    st = _rewritten(KB)
+    st = dataclasses.replace(st, rewrite=dataclasses.replace(st.rewrite, failed=1, failures=("ns/x: 403",),
+                                                             last_namespace="zz", namespaces_done=9))
+    assert plan_next_step(spec(True, KB), cluster(True, KB), st).next_step is Step.REWRITE
+    retry = rewrite_retry(st, at=NOW).rewrite
+    assert (retry.target_key_id, retry.failed, retry.failures, retry.completed_at, retry.last_namespace) == \
+        (KB, 0, (), "", "")
+    assert retry.seen == retry.already_current == retry.reencrypted == retry.namespaces_done == 0
+    assert retry.follows_write
+
+
+def test_large_already_current_share_after_our_write_is_a_warning() -> None:
+    st = status_after_rewrite(_rewritten(KB, already_current=47), at=NOW)
+    d = plan_next_step(spec(True, KB), cluster(True, KB), st, now=NOW)
+    assert d.next_step is Step.VERIFY
+    assert [w.reason for w in d.warnings] == ["AlreadyCurrentAfterSwitch"] and "47 of 100" in d.warnings[0].message
+    quiet = status_after_rewrite(_rewritten(KB, already_current=47, follows_write=False), at=NOW)
+    assert plan_next_step(spec(True, KB), cluster(True, KB), quiet, now=NOW).warnings == ()
+    few = status_after_rewrite(_rewritten(KB, already_current=2), at=NOW)
+    assert plan_next_step(spec(True, KB), cluster(True, KB), few, now=NOW).warnings == ()
+
+
+def test_key_switch_after_our_write_marks_the_run_as_following_it() -> None:
+    st = dataclasses.replace(status(KA), operation=OperationStatus("Update", KB, "2026-06-01T00:00:00Z", "5"))
+    after = status_after_key_switch(st, PlannedStep(Step.WAIT_FOR_KEY_SWITCH, KB), at=NOW)
+    assert after.rewrite.follows_write and after.verification.target_key_id == ""
+    adopted = status_after_key_switch(status(KA), PlannedStep(Step.WAIT_FOR_KEY_SWITCH, KB), at=NOW)
+    assert not adopted.rewrite.follows_write
+
+
+def test_paused_spec_holds_the_verification_too() -> None:
+    st = status_after_rewrite(_rewritten(KB), at=NOW)
+    s = dataclasses.replace(spec(True, KB), rewrite=dataclasses.replace(spec(True, KB).rewrite, paused=True))
+    d = plan_next_step(s, cluster(True, KB), st, now=NOW)
+    assert d.next_step is Step.WAIT and d.reason == "RewritePaused" and names(d) == ["Verify"]
+
+
 # --------------------------------------------------------------------------- status output
 
 
 def test_describe_names_the_plan_and_the_fix() -> None:
     d = plan_next_step(spec(True, KB), cluster(True, KA), status(KA))
     assert describe(d) == ("checking prerequisites for Update to kv1/etcd/bbbbbbbb; "
-                           "plan: Check → Update → WaitForKeySwitch → Rewrite")
+                           "plan: Check → Update → WaitForKeySwitch → Rewrite → Verify")
     b = plan_next_step(spec(True, KB), cluster(True, KA), status(KA),
                        findings=[Finding("KeyExpired", Severity.BLOCK, "key expired", "extend it")])
     assert describe(b).endswith(". Fix: extend it")
@@ -673,12 +782,12 @@ def test_describe_names_the_plan_and_the_fix() -> None:
 def test_plan_status_tracks_progress_through_one_generation() -> None:
     full = plan_next_step(spec(True, KB), cluster(True, KA), status(KA))
     ps = plan_status(PlanStatus(), full, 3)
-    assert ps == PlanStatus(("Check", "Update", "WaitForKeySwitch", "Rewrite"), 0, KB, 3)
+    assert ps == PlanStatus(("Check", "Update", "WaitForKeySwitch", "Rewrite", "Verify"), 0, KB, 3)
     after = plan_next_step(spec(True, KB), cluster(True, KB), status(KA, proven=KB))
     assert plan_status(ps, after, 3).current == 3
     done = plan_next_step(spec(True, KB), cluster(True, KB), status(KB))
-    assert plan_status(ps, done, 3).current == 4
-    assert plan_status(ps, after, 4) == PlanStatus(("Rewrite",), 0, KB, 4)  # new generation: new plan
+    assert plan_status(ps, done, 3).current == 5
+    assert plan_status(ps, after, 4) == PlanStatus(("Rewrite", "Verify"), 0, KB, 4)  # new generation: new plan
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("1h30m", 5400), ("720h", 2592000), ("250ms", 0.25)])

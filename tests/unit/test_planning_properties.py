@@ -30,6 +30,7 @@ from aks_kms_operator.planning import (
     plan_next_step,
     status_after_key_switch,
     status_after_rewrite,
+    status_after_verify_pass,
     status_after_write,
 )
 from aks_kms_operator.preflight import Finding, Severity
@@ -64,6 +65,8 @@ class World:
     foreign_state: str = "Upgrading"
     terminal: str = "Succeeded"
     proven_key: str | None = None  # the key WaitForKeySwitch last proved, reset by every write
+    rewritten_from: dict[int, str] = field(default_factory=dict)  # Secret index -> key before this rewrite
+    lagged: int = 0  # Secrets a lagging replica answered "unchanged" for in rewrites so far
     writes: int = 0
     decisions: list[str] = field(default_factory=list)
 
@@ -132,7 +135,12 @@ class World:
         if d.discard_operation:
             self.status = dataclasses.replace(self.status, operation=type(self.status.operation)())
         writes_before = self.writes
+        encrypted_before = self.status.encrypted_with
         self.act(d)
+        if self.status.encrypted_with != encrypted_before:
+            # Invariant 10: only a verification pass that re-encrypted nothing moves encryptedWith.
+            assert d.next_step is Step.VERIFY and d.step is not None
+            assert all(s == d.step.key_id for s in self.secrets)
         assert self.writes - writes_before <= 1, "at most one ARM write per plan step"
         check_world(self)
         return d
@@ -159,10 +167,29 @@ class World:
             budget = self.rng.randint(1, 6)
             for i, under in enumerate(self.secrets):
                 if budget and under != step.key_id:
+                    self.rewritten_from.setdefault(i, under)
                     self.secrets[i] = step.key_id
                     budget -= 1
             if all(s == step.key_id for s in self.secrets):
+                # Sometimes a replica that has not reloaded answered some writes: "unchanged", yet
+                # those Secrets are still under the key they were under (AKS still loads it).
+                if self.rewritten_from and self.rng.random() < 0.3:
+                    done = sorted(self.rewritten_from)
+                    for i in self.rng.sample(done, self.rng.randint(1, len(done))):
+                        self.secrets[i] = self.rewritten_from[i]
+                        self.lagged += 1
+                self.rewritten_from.clear()
                 self.status = status_after_rewrite(self.status, at=NOW)
+            self.tick()
+        elif d.next_step is Step.VERIFY:
+            assert step is not None
+            assert self.proven_key == step.key_id and self.writes_with() == step.key_id
+            assert self.status.rewrite.completed_at and self.status.rewrite.target_key_id == step.key_id
+            stale = [i for i, s in enumerate(self.secrets) if s != step.key_id]
+            for i in stale:
+                self.secrets[i] = step.key_id
+            self.status = status_after_verify_pass(self.status, step.key_id, reencrypted=len(stale), failed=0,
+                                                   at=NOW, retry_after=dt.timedelta(0))
             self.tick()
         else:
             self.tick()
@@ -208,13 +235,15 @@ def check_decision(w: World, d: Decision) -> None:
     under = w.status.encrypted_with
     enabled, mode = w.config.enabled, w.config.network_access
     for i, s in enumerate(d.steps):
-        if s.step is Step.REWRITE:
+        if s.step is Step.VERIFY:
+            assert (i > 0 and d.steps[i - 1].step is Step.REWRITE) or i == 0
             under = s.key_id
         elif s.writes:
             if not (i == 0 and d.next_step is Step.WAIT):  # the held write was already checked
                 assert under == s.replaces
                 assert i == 0 or d.steps[i - 1].step is Step.CHECK
             assert d.steps[i + 1].step is Step.WAIT_FOR_KEY_SWITCH and d.steps[i + 2].step is Step.REWRITE
+            assert d.steps[i + 3].step is Step.VERIFY
             if s.step is Step.UPDATE:
                 assert enabled and s.network_access == mode
             elif s.step is Step.ENABLE:

@@ -50,6 +50,7 @@ PHASES = (
     "UpdatingCluster",
     "WaitingForKeySwitch",
     "Rewriting",
+    "Verifying",
     "Ready",
     "Paused",
     "Blocked",
@@ -258,7 +259,21 @@ class RewriteSpec:
 class PolicySpec:
     """The encryption the cluster should have."""
 
-    cluster: ClusterRef = spec_field("cluster", "The AKS cluster this policy manages.", required=True)
+    cluster: ClusterRef = spec_field(
+        "cluster",
+        "The AKS cluster this policy manages. Immutable: the key ledger and the rewrite progress in status "
+        "describe this one cluster.",
+        required=True,
+        rules=(
+            # Re-pointing a policy would carry one cluster's ledger (which key still holds Secrets)
+            # over to another and could skip a pending rewrite there.
+            Rule(
+                rule="self == oldSelf",
+                message="spec.cluster is immutable: create a new ClusterEncryptionPolicy for the other cluster "
+                "(and delete this one with deletionPolicy Retain if it should no longer manage this cluster)",
+            ),
+        ),
+    )
     kms: KmsSpec = spec_field("kms", "Desired KMS state.", default_factory=KmsSpec)
     rotation: RotationSpec = spec_field("rotation", "Key version following and expiry warnings.",
                                         default_factory=RotationSpec)
@@ -356,6 +371,12 @@ class OperationStatus:
     started_at: str = spec_field("startedAt", "When the write was accepted.", default="", max_length=64)
     canary_resource_version: str = spec_field(
         "canaryResourceVersion", "Canary Secret resourceVersion before the write.", default="", max_length=64)
+    canary_uid: str = spec_field(
+        "canaryUid", "uid of the canary Secret the baseline belongs to; another uid proves nothing.", default="",
+        max_length=64)
+    canary_recreated: bool = spec_field(
+        "canaryRecreated", "The canary was re-created after the write: no before/after exists, so the proof "
+        "is a full window of agreement and the verification pass.", default=False)
 
 
 @dataclass(frozen=True)
@@ -375,13 +396,43 @@ class RewriteStatus:
     secrets_total: int = spec_field("secretsTotal", "Secrets counted when the run started.", default=0)
     seen: int = spec_field("seen", "Secrets listed.", default=0)
     reencrypted: int = spec_field("reencrypted", "Secrets rewritten (resourceVersion changed).", default=0)
-    already_current: int = spec_field("alreadyCurrent", "Secrets already under the target key.", default=0)
+    already_current: int = spec_field(
+        "alreadyCurrent", "Secrets the answering API server left unchanged (it held them current). Proof of "
+        "nothing by itself: a replica that has not reloaded yet answers the same; the verification pass decides.",
+        default=0)
     skipped: int = spec_field("skipped", "Deleted or written by someone else meanwhile (404/409).", default=0)
     failed: int = spec_field("failed", "Secrets whose write failed.", default=0)
     failures: tuple[str, ...] = spec_field("failures", "namespace/name: error, first few only.", default=(),
                                            max_items=20)
+    retried: int = spec_field(
+        "retried", "Writes answered with a 5xx or a dropped connection and retried. In a verification pass "
+        "any is a sign of a replica that cannot read the new key: the pass does not count as clean.", default=0)
     writes_per_second: float = spec_field("writesPerSecond", "Throughput of the run.", default=0.0)
     progress: str = spec_field("progress", "seen/total, for kubectl get.", default="", max_length=32)
+    follows_write: bool = spec_field(
+        "followsWrite", "The run follows an AKS write of ours, so every older Secret was under the replaced "
+        "key: a large alreadyCurrent share then means a replica had not switched.", default=False)
+
+
+@dataclass(frozen=True)
+class VerificationStatus(RewriteStatus):
+    """The verification passes after a rewrite (design.md invariant 10), and the checkpoint of the current one.
+
+    The inherited fields are the checkpoint of pass ``pass``. Only a pass that re-encrypted zero
+    Secrets (and failed none) moves ``status.encryptedWith``.
+    """
+
+    pass_number: int = spec_field("pass", "Number of the pass in progress (or last run), from 1.", default=0)
+    passes: int = spec_field("passes", "Passes completed toward targetKeyId.", default=0)
+    last_pass_reencrypted: int = spec_field(
+        "lastPassReencrypted", "Secrets the last completed pass re-encrypted: more than zero means an API "
+        "server replica was still writing with an older key.", default=0)
+    last_pass_failed: int = spec_field("lastPassFailed", "Secrets the last completed pass could not write.",
+                                       default=0)
+    next_pass_at: str = spec_field("nextPassAt", "The next pass starts no earlier than this.", default="",
+                                   max_length=64)
+    verified_at: str = spec_field("verifiedAt", "When a pass re-encrypted zero Secrets.", default="",
+                                  max_length=64)
 
 
 @dataclass(frozen=True)
@@ -402,8 +453,12 @@ class PolicyStatus:
                                             default_factory=OperationStatus)
     rewrite: RewriteStatus = spec_field("rewrite", "Secret re-encryption progress.",
                                         default_factory=RewriteStatus)
+    verification: VerificationStatus = spec_field(
+        "verification", "Verification passes after the rewrite: encryptedWith moves only after one "
+        "re-encrypted zero Secrets.", default_factory=VerificationStatus)
     encrypted_with: str = spec_field(
-        "encryptedWith", "Every Secret is confirmed written under this key ('identity' when disabled).",
+        "encryptedWith", "Every Secret is confirmed written under this key ('identity' when disabled): a "
+        "verification pass re-encrypted none.",
         default="", max_length=512)
     warnings: tuple[str, ...] = spec_field("warnings", "Non-blocking findings (reason: fix).", default=(),
                                            max_items=16)
