@@ -28,6 +28,7 @@ from aks_kms_operator.kube import Credentials, KubeClient, KubeError
 from aks_kms_operator.rewrite import (
     KEY_SWITCH_TIMEOUT,
     KEY_SWITCHED,
+    Canary,
     MemoryStore,
     PolicyStatusStore,
     RewriteEngine,
@@ -35,6 +36,7 @@ from aks_kms_operator.rewrite import (
     RunState,
     SecretRef,
     ensure_canary,
+    fresh_client,
     wait_for_key_switch,
 )
 
@@ -426,13 +428,14 @@ def test_key_switch_canary(lab: Lab) -> None:
     ns = "aks-kms-system"
     lab.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
-    async def before() -> str:
+    async def before() -> Canary:
         async with client(lab) as c:
             return await ensure_canary(c, ns)
 
-    async def wait(baseline: str, timeout: float) -> Any:
-        async with client(lab) as c:
-            return await wait_for_key_switch(c, ns, baseline, stable_probes=3, interval=0.2, timeout=timeout)
+    async def wait(baseline: Canary, timeout: float) -> Any:
+        async with client(lab) as c, fresh_client(c) as probe:
+            return await wait_for_key_switch(probe, ns, baseline, window=1.0, interval=0.2, min_probes=3,
+                                             timeout=timeout)
 
     baseline = run(before())
     status, canary = lab.get(ns, "aks-kms-canary")
@@ -446,11 +449,11 @@ def test_key_switch_canary(lab: Lab) -> None:
 
     # the write key changes: the canary is rewritten once, then holds still
     baseline = run(before())
-    assert baseline == timeout.resource_version  # ensure_canary on a current canary changes nothing
+    assert baseline.resource_version == timeout.resource_version  # a current canary is left as it is
     new_key = lab.switch_key()
     ok = run(wait(baseline, 30))
     assert ok.switched and ok.reason == KEY_SWITCHED, ok.message
-    assert ok.resource_version != baseline and ok.probes >= 4
+    assert ok.resource_version != baseline.resource_version and ok.probes >= 4
     assert lab.etcd_prefix(ns, "aks-kms-canary") == f"k8s:enc:aescbc:v1:{new_key}:"
 
 

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+
 from aks_kms_operator.kube import KubeError
 from aks_kms_operator.rewrite import MemoryStore, RetryPolicy, RewriteEngine, RewriteOptions, RunState
 
@@ -57,8 +59,8 @@ class FakeTime:
 
 def run_engine(api: FakeApi, **kwargs: Any) -> Any:
     t = FakeTime()
-    options = kwargs.pop("options", RewriteOptions(concurrency=3, page_size=2,
-                                                   retry=RetryPolicy(max_attempts=3, max_throttled_attempts=4)))
+    options = kwargs.pop("options", RewriteOptions(concurrency=3, page_size=2, retry=RetryPolicy(
+        max_attempts=3, max_throttled_attempts=4, retry_for=0)))
     engine = RewriteEngine(api, "key", options=options, clock=t.clock, sleep=t.sleep, **kwargs)  # type: ignore[arg-type]
     return asyncio.run(engine.run()), t
 
@@ -83,6 +85,21 @@ def test_transient_errors_are_retried_a_bounded_number_of_times() -> None:
     assert api.writes.count("flaky") == 3
     assert api.writes.count("broken") == 3 and api.writes.count("timeout") == 3  # max_attempts, then give up
     assert any("after 3 attempts" in f for f in c.failures)
+
+
+def test_transient_errors_are_retried_for_an_api_server_restart() -> None:
+    """The budget is time: a Secret whose writes meet a 40 s outage succeeds; one that never gets an
+    answer fails only after ``retry_for`` seconds, with back-off capped so the outage's end is noticed."""
+    outage = [503] * 12 + ["new"]  # 12 failures: 0.2 + 0.4 + ... capped at 4 s, about 40 s of fake time
+    api = FakeApi({"a": ["restart", "down"]}, {"restart": outage, "down": [aiohttp.ServerDisconnectedError()]})
+    options = RewriteOptions(concurrency=2, page_size=5, retry=RetryPolicy(base=0.2, cap=4.0, retry_for=60))
+    result, t = run_engine(api, options=options)
+    c = result.counters
+    assert (c.reencrypted, c.failed) == (1, 1), c.failures
+    assert api.writes.count("restart") == 13
+    assert c.retried == api.writes.count("restart") - 1 + api.writes.count("down")  # every retried try counted
+    assert t.now >= 60 and api.writes.count("down") > 5  # more than the old 5-try budget
+    assert "ServerDisconnectedError" in c.failures[0]
 
 
 def test_429_pauses_the_run_and_is_bounded() -> None:

@@ -7,13 +7,17 @@ from .canary import (
     CANARY_GONE,
     CANARY_LABEL,
     CANARY_NAME,
+    CANARY_REPLACED,
     KEY_SWITCH_TIMEOUT,
+    KEY_SWITCH_WINDOW,
     KEY_SWITCHED,
+    Canary,
     KeySwitchResult,
     ensure_canary,
+    fresh_client,
     wait_for_key_switch,
 )
-from .checkpoint import CheckpointStore, MemoryStore, PolicyStatusStore, RewriteCheckpoint
+from .checkpoint import CheckpointStore, MemoryStore, PolicyStatusStore, RewriteCheckpoint, VerificationStore
 from .counters import Outcome, RewriteCounters
 from .engine import RewriteEngine, RewriteOptions, RewriteResult, RunState, SecretRef, count_secrets, rewrite_secrets
 from .ratelimit import BackoffGate, RetryPolicy, TokenBucket
@@ -22,9 +26,12 @@ __all__ = [
     "CANARY_GONE",
     "CANARY_LABEL",
     "CANARY_NAME",
+    "CANARY_REPLACED",
     "KEY_SWITCHED",
     "KEY_SWITCH_TIMEOUT",
+    "KEY_SWITCH_WINDOW",
     "BackoffGate",
+    "Canary",
     "CheckpointStore",
     "KeySwitchResult",
     "MemoryStore",
@@ -39,8 +46,10 @@ __all__ = [
     "RunState",
     "SecretRef",
     "TokenBucket",
+    "VerificationStore",
     "count_secrets",
     "ensure_canary",
+    "fresh_client",
     "rewrite_secrets",
     "wait_for_key_switch",
 ]

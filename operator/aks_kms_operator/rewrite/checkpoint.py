@@ -115,3 +115,28 @@ class PolicyStatusStore:
     async def save(self, checkpoint: RewriteCheckpoint) -> None:
         await self.client.request("PATCH", f"{self.path}/status",
                                   body={"status": {"rewrite": checkpoint.to_status()}}, content_type=MERGE_PATCH)
+
+
+class VerificationStore:
+    """``status.verification`` of the named policy, as the checkpoint of verification pass ``number``.
+
+    Same contract as ``PolicyStatusStore``; a stored checkpoint of another pass loads as None (the
+    pass starts from the first namespace), and every save records the pass number with it. The
+    fields that summarise earlier passes (``passes``, ``lastPassReencrypted`` …) are left alone.
+    """
+
+    def __init__(self, client: KubeClient, policy_name: str, number: int) -> None:
+        self.client = client
+        self.path = f"{POLICY_PATH}/{policy_name}"
+        self.number = number
+
+    async def load(self) -> RewriteCheckpoint | None:
+        policy = await self.client.request("GET", self.path)
+        data = (policy.get("status") or {}).get("verification") or {}
+        if not data.get("targetKeyId") or int(data.get("pass") or 0) != self.number:
+            return None
+        return RewriteCheckpoint.from_status(data)
+
+    async def save(self, checkpoint: RewriteCheckpoint) -> None:
+        body = {"status": {"verification": {**checkpoint.to_status(), "pass": self.number}}}
+        await self.client.request("PATCH", f"{self.path}/status", body=body, content_type=MERGE_PATCH)

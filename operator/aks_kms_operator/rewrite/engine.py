@@ -32,9 +32,11 @@ Secret is impossible by construction, not by precondition.
 
 Outcomes: 2xx -> re-encrypted (RV changed) or already current; 404/409 -> skipped (deleted, or
 someone else wrote it after the key switch, so it is current); 429 -> shared back-off honouring
-Retry-After, then retry (bounded); 5xx, timeouts, dropped connections -> bounded retries with
-jittered exponential back-off; anything else (403, 422, a webhook's denial) -> failed, recorded with
-``namespace/name``. Every listed Secret ends in exactly one outcome; nothing is retried forever.
+Retry-After, then retry (bounded); 5xx, timeouts, dropped connections -> retries with capped,
+jittered exponential back-off for up to ``RetryPolicy.retry_for`` seconds (default 60: longer than
+an API server restart, which AKS does on every KMS change); anything else (403, 422, a webhook's
+denial) -> failed, recorded with ``namespace/name``. Every listed Secret ends in exactly one
+outcome; nothing is retried forever.
 
 Memory: one list page (metadata only) plus a bounded queue, whatever the number of Secrets.
 Secret data never reaches this process: lists ask for ``PartialObjectMetadataList`` and writes for
@@ -228,6 +230,7 @@ class RewriteEngine:
         self.bucket = TokenBucket(self.options.max_writes_per_second,
                                   max(1.0, self.options.max_writes_per_second), clock=clock, sleep=sleep)
         self._save_lock = asyncio.Lock()
+        self._list_error_since = 0.0
 
     # ------------------------------------------------------------------ run
 
@@ -316,6 +319,8 @@ class RewriteEngine:
     # ------------------------------------------------------------------ listing
 
     async def _list_retry(self, err: Exception, attempt: int) -> bool:
+        if attempt == 1:
+            self._list_error_since = self._clock()
         if isinstance(err, KubeError):
             if err.status == 429:
                 self.gate.throttled(err.retry_after)
@@ -325,7 +330,7 @@ class RewriteEngine:
                 return True
             if err.status < 500:
                 return False
-        if attempt >= self.options.retry.max_attempts:
+        if self.options.retry.give_up(attempt, self._clock() - self._list_error_since):
             return False
         await self._sleep(self.options.retry.delay(attempt, getattr(err, "retry_after", None)))
         return True
@@ -389,7 +394,7 @@ class RewriteEngine:
                 return
             ref, counters = entry
             try:
-                outcome, error = await self.write(ref)
+                outcome, error = await self.write(ref, counters)
             except asyncio.CancelledError:
                 raise  # not finished: the namespace must not count as done
             except Exception as err:  # a bug or a test seam's error: one failure, not a dead worker
@@ -400,19 +405,26 @@ class RewriteEngine:
             self._run_done += 1
             self.tracker.finish_one(ref.namespace)
 
-    async def write(self, ref: SecretRef) -> tuple[Outcome, str]:
-        """One no-op write, with the retry policy; returns the outcome and, if failed, why."""
+    async def write(self, ref: SecretRef, counters: RewriteCounters | None = None) -> tuple[Outcome, str]:
+        """One no-op write, with the retry policy; returns the outcome and, if failed, why.
+
+        Each retried 5xx or dropped connection is counted in ``counters.retried`` (and the live counters).
+        """
         if self.before_write is not None:
             await _call(self.before_write, ref)
         policy = self.options.retry
         attempts = throttled = 0
+        first_error: float | None = None
         while True:
             await self.gate.wait()
             await self.bucket.acquire()
             try:
+                # A retry after a 5xx or a dropped connection goes over a new connection: behind a load
+                # balancer, the replica that could not answer (one that cannot read the key the Secret is
+                # under, or one going down) is then not asked again and again.
                 answer = await self.client.request(
                     "PATCH", ref.path, body=noop_patch(ref.uid, ref.resource_version),
-                    content_type=MERGE_PATCH, accept=METADATA_ONLY)
+                    content_type=MERGE_PATCH, accept=METADATA_ONLY, **({"fresh_connection": True} if attempts else {}))
             except KubeError as err:
                 final = classify_status(err.status)
                 if final is not None:
@@ -424,20 +436,31 @@ class RewriteEngine:
                         return Outcome.FAILED, f"429 TooManyRequests {throttled} times; gave up"
                     continue
                 attempts += 1
-                if attempts >= policy.max_attempts:
+                self._retried(counters)
+                first_error = self._clock() if first_error is None else first_error
+                if policy.give_up(attempts, self._clock() - first_error):
                     return Outcome.FAILED, f"{err.status} {err.reason}: {err.message} (after {attempts} attempts)"[
                         :240]
                 await self._sleep(policy.delay(attempts, err.retry_after))
                 continue
             except (aiohttp.ClientError, TimeoutError) as err:
                 attempts += 1
-                if attempts >= policy.max_attempts:
+                self._retried(counters)
+                first_error = self._clock() if first_error is None else first_error
+                if policy.give_up(attempts, self._clock() - first_error):
                     return Outcome.FAILED, f"{type(err).__name__}: {err} (after {attempts} attempts)"[:240]
                 await self._sleep(policy.delay(attempts))
                 continue
             self.gate.succeeded()
             answered = (answer.get("metadata") or {}).get("resourceVersion")
             return classify_write(ref.resource_version, answered), ""
+
+    def _retried(self, counters: RewriteCounters | None) -> None:
+        if counters is not None:
+            counters.retried += 1
+        live = getattr(self, "live", None)
+        if live is not None:
+            live.retried += 1
 
     # ------------------------------------------------------------------ checkpoint
 

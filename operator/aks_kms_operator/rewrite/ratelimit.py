@@ -105,14 +105,20 @@ class BackoffGate:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries: transient errors (5xx, timeouts, connection drops) get ``max_attempts``
-    tries with capped exponential back-off and full jitter; 429s get ``max_throttled_attempts``
-    (their pause comes from the shared ``BackoffGate``). Nothing is retried forever."""
+    """Bounded retries, bounded by time rather than by count.
+
+    Transient errors (5xx, timeouts, connection drops) are retried with capped exponential back-off
+    and full jitter until ``retry_for`` seconds have passed since the first error *and* at least
+    ``max_attempts`` tries were made: an API server restart (AKS rolls replicas on every KMS change)
+    takes tens of seconds, and a Secret must not fail because its write met one. 429s get
+    ``max_throttled_attempts`` (their pause comes from the shared ``BackoffGate``). Nothing is
+    retried forever."""
 
     max_attempts: int = 5
     max_throttled_attempts: int = 30
     base: float = 0.2
     cap: float = 10.0
+    retry_for: float = 60.0
 
     def delay(self, attempt: int, retry_after: float | None = None,
               rng: Callable[[], float] = random.random) -> float:
@@ -121,3 +127,7 @@ class RetryPolicy:
             return min(retry_after, self.cap * 4)
         ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
         return ceiling * (0.5 + 0.5 * rng())
+
+    def give_up(self, attempts: int, elapsed: float) -> bool:
+        """After ``attempts`` failed tries, the first ``elapsed`` seconds ago: stop retrying?"""
+        return attempts >= self.max_attempts and elapsed >= self.retry_for
