@@ -86,6 +86,8 @@ def operator_env(fake: FakeAzure, kubeconfig: Path, *, fast: bool = True) -> dic
             "AKS_KMS_BUSY_POLL_SECONDS": "1",
             "AKS_KMS_KEY_SWITCH_PROBES": "3",
             "AKS_KMS_KEY_SWITCH_INTERVAL_SECONDS": "0.5",
+            "AKS_KMS_KEY_SWITCH_WINDOW_SECONDS": "3",
+            "AKS_KMS_VERIFY_RETRY_SECONDS": "3",
             "AKS_KMS_KEY_SWITCH_TIMEOUT_SECONDS": "60",
             "AKS_KMS_ERROR_RETRY_SECONDS": "2",
         })

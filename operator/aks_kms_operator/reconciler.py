@@ -7,7 +7,13 @@ returned delay (or until the policy changes).
 
 All decisions live in ``planning`` and ``preflight``; this module only gathers facts and carries
 out what they decide. The one judgement made here is ownership: when several policies name the
-same cluster, the oldest owns it and the others stall with ``Conflict`` without touching anything.
+same cluster, the oldest owns it and the others stall with ``Conflict`` without touching anything;
+deleting a non-owner touches nothing either, whatever its deletionPolicy.
+
+Status ownership: ``status.operation`` (the record of an ARM write, design.md invariant 11),
+``status.rewrite`` and ``status.verification`` are written only when the step just performed changed
+them. Every error path reports the status as it was read, and a merge patch of that would put back
+what was read before the step, erasing, for example, the record of a write that was sent.
 """
 
 from __future__ import annotations
@@ -39,11 +45,17 @@ from .model import IDENTITY, KeyRef, KeyState, PreflightFacts, same_key
 from .planning import Decision, PlannedStep, Step
 from .preflight import Finding, run_preflight
 from .rewrite import (
+    CANARY_GONE,
+    CANARY_REPLACED,
+    KEY_SWITCH_WINDOW,
+    Canary,
     PolicyStatusStore,
     RewriteEngine,
     RewriteOptions,
+    VerificationStore,
     count_secrets,
     ensure_canary,
+    fresh_client,
     wait_for_key_switch,
 )
 
@@ -59,9 +71,12 @@ class ReconcilerSettings:
 
     namespace: str = "aks-kms-system"  # where the canary Secret lives (the operator's namespace)
     busy_poll: float = 30.0  # seconds between looks at a cluster that is Updating
-    key_switch_probes: int = 3
-    key_switch_interval: float = 10.0
+    key_switch_probes: int = 3  # agreeing canary probes needed within the window, at least
+    key_switch_interval: float = 10.0  # seconds between canary probes
+    # Every probe must agree for this long; more than the API server's 60 s KMS status poll per replica.
+    key_switch_window: float = KEY_SWITCH_WINDOW
     key_switch_timeout: float = 900.0
+    verify_retry: float = KEY_SWITCH_WINDOW  # pause before another verification pass after a dirty one
     error_retry: float = 30.0
 
     @classmethod
@@ -76,7 +91,9 @@ class ReconcilerSettings:
             busy_poll=num("AKS_KMS_BUSY_POLL_SECONDS", cls.busy_poll),
             key_switch_probes=int(num("AKS_KMS_KEY_SWITCH_PROBES", cls.key_switch_probes)),
             key_switch_interval=num("AKS_KMS_KEY_SWITCH_INTERVAL_SECONDS", cls.key_switch_interval),
+            key_switch_window=num("AKS_KMS_KEY_SWITCH_WINDOW_SECONDS", cls.key_switch_window),
             key_switch_timeout=num("AKS_KMS_KEY_SWITCH_TIMEOUT_SECONDS", cls.key_switch_timeout),
+            verify_retry=num("AKS_KMS_VERIFY_RETRY_SECONDS", cls.verify_retry),
             error_retry=num("AKS_KMS_ERROR_RETRY_SECONDS", cls.error_retry),
         )
 
@@ -137,6 +154,12 @@ class Reconciler:
         obs = Observation(body, parse(api.PolicySpec, body.get("spec")), parse(api.PolicyStatus, body.get("status")),
                           int(body["metadata"].get("generation") or 0))
         conflict = await self._conflict(obs)
+        if deleting and (conflict is not None or _was_conflict(obs.status)):
+            # Not the owner (now, or when it was last reconciled): its deletion must touch nothing, and it
+            # must never become the owner later (once the owner is gone) and act on its deletionPolicy.
+            return Decision(Step.READY, (), "NotOwner",
+                            "this policy does not manage the cluster; deleting it changes nothing in Azure",
+                            phase="Deleting")
         if conflict is not None:
             await self._report(obs, conflict, obs.status)
             return conflict
@@ -168,7 +191,7 @@ class Reconciler:
                                 "the operator probes again", self.settings.error_retry, "WaitingForKeySwitch")
             status = obs.status
         except RewriteIncomplete as err:
-            failures = ", ".join(err.status.rewrite.failures[:3])
+            failures = ", ".join(err.failures[:3])
             decision = Decision(Step.BLOCKED, (), "RewriteFailed",
                                 f"{err.failed} Secret(s) could not be re-encrypted ({failures})",
                                 "fix what refuses the writes (admission webhook, permissions), then the operator "
@@ -257,56 +280,72 @@ class Reconciler:
             return await self._wait_for_switch(obs, step, status)
         if decision.next_step is Step.REWRITE and step is not None:
             return await self._rewrite(obs, step, status)
+        if decision.next_step is Step.VERIFY and step is not None:
+            return await self._verify(obs, step, status)
         return status
 
     async def _write(self, obs: Observation, decision: Decision, step: PlannedStep,
                      status: api.PolicyStatus) -> api.PolicyStatus:
         assert obs.snapshot is not None
-        # The canary's resourceVersion before the write is the baseline that proves the switch.
-        baseline = await ensure_canary(self.kube, self.settings.namespace)
-        after = planning.status_after_write(status, step, at=_now(), canary_resource_version=baseline)
+        # The canary's resourceVersion (and uid) before the write is the baseline of the switch.
+        canary = await ensure_canary(self.kube, self.settings.namespace)
+        after = planning.status_after_write(status, step, at=_now(), canary_resource_version=canary.resource_version,
+                                            canary_uid=canary.uid)
         # Record the write *before* sending it. AKS rolls the API server as part of the operation, so
         # a status write just after the PUT can fail; an accepted write must never go unrecorded, or
         # a restarted reconcile could not tell its own change from someone else's. A record whose
-        # write never landed is harmless: the planner discards it once AKS is idle without it.
+        # write never landed is harmless: the planner discards it once AKS is idle without it. So no
+        # error after this point erases it, not even a refusal: a PUT whose response was lost and
+        # whose retry was refused (412, 409, 400) may have been applied (invariant 11).
         await self._patch_status({"operation": dump(after.operation)}, obs.name)
         enabled = step.step is not Step.DISABLE
-        try:
-            await asyncio.to_thread(
-                self.azure.clusters.put_kms, obs.snapshot, enabled=enabled,
-                key_id=step.key_id if enabled else "", network_access=step.network_access or "Public",
-                vault_resource_id=step.vault_resource_id if enabled else "",
-            )
-        except AzureRejected:
-            await self._patch_status({"operation": dump(api.OperationStatus())}, obs.name)
-            raise
+        await asyncio.to_thread(
+            self.azure.clusters.put_kms, obs.snapshot, enabled=enabled,
+            key_id=step.key_id if enabled else "", network_access=step.network_access or "Public",
+            vault_resource_id=step.vault_resource_id if enabled else "",
+        )
         self.events(obs.body, "Normal", step.step.value,
                     f"AKS accepted {step} to {planning.short(step.key_id)}; waiting for it to finish")
         return after
 
     async def _wait_for_switch(self, obs: Observation, step: PlannedStep,
                                status: api.PolicyStatus) -> api.PolicyStatus:
-        baseline = status.operation.canary_resource_version
+        """Gather the evidence of the switch over fresh connections (design.md 2.4); raise if there is none.
+
+        With a write of ours, the canary must change from the recorded baseline and then agree for a
+        whole window. Without one (a new policy adopting the cluster, or a change made outside the
+        operator) there is no before/after: the canary is written once and the window alone counts.
+        A deleted or re-created canary is re-created, its new baseline recorded, and the proof starts
+        over with a full window; the verification pass after the rewrite remains the proof.
+        """
         s = self.settings
-        if not baseline:
-            # No write of ours to prove (a new policy adopting the cluster, or a change made outside
-            # the operator while the cluster was already Succeeded): there is no before/after to
-            # compare, so the canary is written once under whatever key the API server uses now.
-            await ensure_canary(self.kube, s.namespace)
-            self.events(obs.body, "Normal", "KeySwitched",
-                        f"adopting the API server's current write key {planning.short(step.key_id)}")
-            return planning.status_after_key_switch(status, step, at=_now())
-        result = await wait_for_key_switch(self.kube, s.namespace, baseline, stable_probes=s.key_switch_probes,
-                                           interval=s.key_switch_interval, timeout=s.key_switch_timeout)
+        op = status.operation
+        async with fresh_client(self.kube) as probe:
+            if op.step and op.canary_resource_version:
+                baseline, require_change = Canary(op.canary_resource_version, op.canary_uid), not op.canary_recreated
+            else:
+                baseline, require_change = await ensure_canary(probe, s.namespace), False
+            for _ in range(3):
+                result = await wait_for_key_switch(
+                    probe, s.namespace, baseline, require_change=require_change, window=s.key_switch_window,
+                    interval=s.key_switch_interval, min_probes=s.key_switch_probes, timeout=s.key_switch_timeout)
+                if result.reason not in (CANARY_GONE, CANARY_REPLACED):
+                    break
+                baseline, require_change = await ensure_canary(probe, s.namespace), False
+                if op.step:
+                    op = planning.operation_with_new_canary(op, resource_version=baseline.resource_version,
+                                                            uid=baseline.uid)
+                    status = dataclasses.replace(status, operation=op)
+                    await self._patch_status({"operation": dump(op)}, obs.name)
+                self.events(obs.body, "Warning", CANARY_REPLACED,
+                            f"{result.message}; re-created it: the key-switch proof starts over with a full "
+                            f"{s.key_switch_window:g}s window, and the verification pass remains the proof")
         if not result.switched:
             raise KeySwitchNotProven(result.reason, result.message)
-        self.events(obs.body, "Normal", "KeySwitched", result.message)
+        self.events(obs.body, "Normal", "KeySwitched", f"{planning.short(step.key_id)}: {result.message}")
         return planning.status_after_key_switch(status, step, at=_now())
 
-    async def _rewrite(self, obs: Observation, step: PlannedStep, status: api.PolicyStatus) -> api.PolicyStatus:
-        # Show the phase before a long run; the engine then checkpoints status.rewrite itself.
-        await self._patch_status({"phase": "Rewriting",
-                                  "message": f"re-encrypting Secrets for {planning.short(step.key_id)}"}, obs.name)
+    async def _paused_check(self, obs: Observation) -> Any:
         generation = obs.generation
 
         async def paused() -> bool:
@@ -314,8 +353,14 @@ class Reconciler:
             spec = parse(api.PolicySpec, current.get("spec"))
             return spec.rewrite.paused or int(current["metadata"].get("generation") or 0) != generation
 
+        return paused
+
+    async def _rewrite(self, obs: Observation, step: PlannedStep, status: api.PolicyStatus) -> api.PolicyStatus:
+        # Show the phase before a long run; the engine then checkpoints status.rewrite itself.
+        await self._patch_status({"phase": "Rewriting",
+                                  "message": f"re-encrypting Secrets for {planning.short(step.key_id)}"}, obs.name)
         engine = RewriteEngine(self.kube, step.key_id, options=RewriteOptions.from_spec(obs.spec.rewrite),
-                               checkpoint=PolicyStatusStore(self.kube, obs.name), paused=paused)
+                               checkpoint=PolicyStatusStore(self.kube, obs.name), paused=await self._paused_check(obs))
         result = await engine.run()
         fresh = await self.kube.request("GET", f"{POLICIES}/{obs.name}")
         status = dataclasses.replace(status, rewrite=parse(api.RewriteStatus,
@@ -324,16 +369,66 @@ class Reconciler:
         if not result.completed:
             return status
         if c.failed:
-            # Some Secret may still be under the old key: never claim it is encrypted. Reset the
-            # checkpoint so the next attempt walks every namespace again (current ones cost no etcd write).
+            # Some Secret may still be under the old key: never claim it is encrypted. The next attempt
+            # is a new run (checkpoint and counters reset) that walks every namespace again; current
+            # Secrets cost no etcd write.
             self.events(obs.body, "Warning", "RewriteFailed",
                         f"{c.failed} Secret(s) could not be rewritten: {', '.join(c.failures[:5])}")
-            retry = dataclasses.replace(status.rewrite, completed_at="", last_namespace="", namespaces_done=0)
-            raise RewriteIncomplete(c.failed, dataclasses.replace(status, rewrite=retry))
-        self.events(obs.body, "Normal", "SecretsEncrypted",
-                    f"{c.seen} Secrets checked for {planning.short(step.key_id)}: {c.reencrypted} re-encrypted, "
-                    f"{c.already_current} already current, {c.skipped} skipped, in {result.elapsed_seconds:.1f}s")
+            raise RewriteIncomplete(c.failed, tuple(c.failures), planning.rewrite_retry(status, at=_now()))
+        text = (f"{c.seen} Secrets written for {planning.short(step.key_id)}: {c.reencrypted} re-encrypted, "
+                f"{c.already_current} unchanged, {c.skipped} skipped, in {result.elapsed_seconds:.1f}s; "
+                "a verification pass follows")
+        share = c.already_current / c.seen if c.seen else 0.0
+        if (status.rewrite.follows_write and c.seen >= planning.ALREADY_CURRENT_WARN_MIN
+                and share > planning.ALREADY_CURRENT_WARN_SHARE):
+            self.events(obs.body, "Warning", "AlreadyCurrentAfterSwitch",
+                        f"{text}. {share:.0%} unchanged right after the switch: an API server replica that had "
+                        "not reloaded most likely answered for them")
+        else:
+            self.events(obs.body, "Normal", "RewriteCompleted", text)
         return planning.status_after_rewrite(status, at=_now())
+
+    async def _verify(self, obs: Observation, step: PlannedStep, status: api.PolicyStatus) -> api.PolicyStatus:
+        """One verification pass (design.md invariant 10): a no-op write to every Secret over fresh
+        connections, so the load balancer spreads them over every API server replica. Resumable like
+        the rewrite (checkpoint in ``status.verification``)."""
+        key = step.key_id
+        if not same_key(status.verification.target_key_id, key):
+            status = dataclasses.replace(status, verification=api.VerificationStatus(target_key_id=key))
+            await self._patch_status({"verification": dump(status.verification)}, obs.name)
+        number = status.verification.passes + 1
+        await self._patch_status({"phase": "Verifying",
+                                  "message": f"verification pass {number} for {planning.short(key)}"}, obs.name)
+        async with fresh_client(self.kube) as fresh:
+            engine = RewriteEngine(fresh, key, options=RewriteOptions.from_spec(obs.spec.rewrite),
+                                   checkpoint=VerificationStore(self.kube, obs.name, number),
+                                   paused=await self._paused_check(obs))
+            result = await engine.run()
+        stored = await self.kube.request("GET", f"{POLICIES}/{obs.name}")
+        status = dataclasses.replace(status, verification=parse(
+            api.VerificationStatus, (stored.get("status") or {}).get("verification")))
+        if not result.completed:
+            return status
+        c = result.counters
+        wait = dt.timedelta(seconds=self.settings.verify_retry)
+        status = planning.status_after_verify_pass(status, key, reencrypted=c.reencrypted, failed=c.failed,
+                                                   retried=c.retried, at=_now(), retry_after=wait)
+        v = status.verification
+        took = f"{c.seen} Secrets in {result.elapsed_seconds:.1f}s"
+        if same_key(status.encrypted_with, key):
+            self.events(obs.body, "Normal", "SecretsEncrypted",
+                        f"verification pass {number}: {took}, none re-encrypted: every Secret is written under "
+                        f"{planning.short(key)}")
+        elif c.reencrypted or (c.retried and not c.failed):
+            self.events(obs.body, "Warning", "ReplicaBehind",
+                        f"verification pass {number}: {took}, {c.reencrypted} re-encrypted, {c.retried} write(s) "
+                        "retried after a 5xx or a dropped connection: an API server replica was still on an older "
+                        f"key; passing again at {v.next_pass_at}")
+        else:
+            self.events(obs.body, "Warning", "VerifyFailed",
+                        f"verification pass {number}: {took}, {c.failed} could not be written "
+                        f"({', '.join(c.failures[:3])}); passing again at {v.next_pass_at}")
+        return status
 
     # ------------------------------------------------------------------ report
 
@@ -377,9 +472,15 @@ class Reconciler:
                 observed_at=st.now_iso()))
         out = dump(status)
         out["conditions"] = conds
-        out.pop("rewrite", None)  # owned by the engine's checkpoint while it runs; written below when ours
-        if status.rewrite != obs.status.rewrite:
-            out["rewrite"] = dump(status.rewrite)
+        # Written only when the step just performed changed them: the engine's checkpoint owns rewrite
+        # and verification while it runs, and operation is erased by nothing but the planner (an error
+        # path reports the status read before the step, which may predate the record of a sent write).
+        for name, before, after in (("rewrite", obs.status.rewrite, status.rewrite),
+                                    ("verification", obs.status.verification, status.verification),
+                                    ("operation", obs.status.operation, status.operation)):
+            out.pop(name, None)
+            if after != before:
+                out[name] = dump(after)
         await self._patch_status(out, obs.name)
         before = st.condition(dump(obs.status).get("conditions") or [], st.STALLED) or {}
         if stalled and (before.get("status") != "True" or before.get("reason") != decision.reason):
@@ -458,8 +559,16 @@ class KeySwitchNotProven(Exception):
 
 
 class RewriteIncomplete(Exception):
-    def __init__(self, failed: int, status: api.PolicyStatus) -> None:
+    """A rewrite run ended with failed Secrets; ``status`` is ready for a new run (see ``planning.rewrite_retry``)."""
+
+    def __init__(self, failed: int, failures: tuple[str, ...], status: api.PolicyStatus) -> None:
         super().__init__(f"{failed} Secret(s) failed")
         self.failed = failed
+        self.failures = failures
         self.status = status
+
+
+def _was_conflict(status: api.PolicyStatus) -> bool:
+    """The policy's last reconcile found another policy owning its cluster."""
+    return any(c.type == st.STALLED and c.status == "True" and c.reason == "Conflict" for c in status.conditions)
 
