@@ -12,7 +12,8 @@ from . import lab
 
 
 def _up(args: argparse.Namespace) -> int:
-    state = lab.up(args.dir, timeout=args.timeout)
+    state = lab.up(args.dir, timeout=args.timeout, apiservers=args.apiservers, roll_interval=args.roll_interval,
+                   lag_last_seconds=args.lag_last)
     root = Path(args.dir).resolve()
     if state == "running":
         print(f"the lab in {root} is already running")
@@ -20,6 +21,10 @@ def _up(args: argparse.Namespace) -> int:
     s = lab.status(root)
     print(f"lab up in {root}")
     print(f"  API server  {s.get('apiserver')}   etcd {s.get('etcd')}   fake Azure {s.get('fakeAzure')}")
+    replicas = s.get("replicas") or []
+    if len(replicas) > 1:
+        print(f"  replicas    {len(replicas)} kube-apiservers behind the balancer: "
+              + ", ".join(r["server"] for r in replicas))
     print(f"  kubeconfig  {s['kubeconfig']}")
     print(f"  env         {root / 'env'} (operator environment; LAB_KEY_V1..V3 are the key versions)")
     print("next:")
@@ -49,6 +54,13 @@ def _status(args: argparse.Namespace) -> int:
     for key in ("apiserver", "etcd", "fakeAzure", "kubeconfig"):
         if s.get(key):
             print(f"  {key:<11} {s[key]}")
+    if s.get("balancer"):
+        print(f"  balancer    {s['balancer']} (TCP, round-robin over new connections)")
+    for r in s.get("replicas") or []:
+        health = {True: "ready", False: "NOT READY", None: "-"}[r.get("ready")]
+        loaded = (r.get("kms") or {})
+        keys = ", ".join(k for k in (loaded.get("current"), loaded.get("previous")) if k) or "no KMS key"
+        print(f"  replica {r['index']}   {r['server']}  {health:<9}  loads {keys}")
     kms = s.get("kms")
     if kms:
         print(f"  KMS         {'enabled' if kms.get('enabled') else 'disabled'}")
@@ -80,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", parents=[common], help="start the lab (detached) and wait until it is ready")
     p.add_argument("--timeout", type=float, default=lab.READY_TIMEOUT)
+    p.add_argument("--apiservers", type=int, default=lab.DEFAULT_APISERVERS,
+                   help=f"kube-apiserver replicas behind the TCP balancer (default {lab.DEFAULT_APISERVERS})")
+    p.add_argument("--roll-interval", type=float, default=0.0,
+                   help="seconds AKS-sim waits between rolling one replica and the next after a KMS change")
+    p.add_argument("--lag-last", type=float, default=None, metavar="S",
+                   help="finish the ARM operation before the last replica is rolled, and roll it S seconds later")
     p.set_defaults(func=_up)
     sub.add_parser("down", parents=[common], help="stop the lab and remove its directory").set_defaults(func=_down)
     p = sub.add_parser("status", parents=[common], help="is the lab running; ports, kubeconfig, KMS slots")

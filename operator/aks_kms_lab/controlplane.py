@@ -1,14 +1,23 @@
-"""A real Kubernetes control plane on 127.0.0.1: etcd plus kube-apiserver, nothing else.
+"""A real Kubernetes control plane on 127.0.0.1: etcd plus one or more kube-apiservers, nothing else.
 
 Used by the integration tests (one per test session) and by the lab. What it provides:
+
+* ``apiservers=N`` kube-apiserver replicas on the one etcd, as AKS runs them: each on its own
+  loopback port with its OWN encryption configuration file (so a KMS change can be rolled one
+  replica at a time, and a replica that has not been rolled keeps serving with its old keys), behind
+  a TCP load balancer (``balancer.TcpBalancer``) that spreads new connections round-robin and pins
+  each connection to one replica. With N > 1, ``server``, the kubeconfigs and the service-account
+  issuer name the balancer; with N = 1 there is no balancer and ``server`` is the one replica;
 
 * etcd and kube-apiserver built by ``make tools`` (``.cache/bin``), on free loopback ports, with a
   throwaway data directory;
 * secure serving with a generated CA, client-certificate authentication for the admin
   (``system:masters``), and real service-account tokens (TokenRequest) for named service accounts,
   so RBAC is exercised exactly as in a cluster;
-* ``--encryption-provider-config`` with automatic reload, and ``restart_apiserver`` for tests and
-  for the lab's "AKS rolls the API server" step;
+* ``--encryption-provider-config`` with automatic reload, ``restart_replica`` /
+  ``stop_replica`` / ``start_replica`` for one replica and ``restart_apiserver`` (all replicas,
+  one at a time) for tests and for the lab's "AKS rolls the API server" step;
+* one apiserver identity Lease per replica (see :func:`ControlPlane._replica_hostname`);
 * kubeconfig files, readiness by ``/readyz``, and a clean stop: no process survives ``stop``, a
   failed test, or even a ``kill -9`` of the parent (see ``processes``).
 
@@ -24,6 +33,7 @@ import shutil
 import socket
 import ssl
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,8 +43,9 @@ from typing import Any
 
 import yaml
 
+from .balancer import TcpBalancer
 from .pki import CertificateAuthority, service_account_keypair
-from .processes import ManagedProcess
+from .processes import ManagedProcess, can_set_hostname
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,25 +72,43 @@ class ControlPlaneError(RuntimeError):
     pass
 
 
+class ReplicaNotReady(ControlPlaneError):
+    """A replica runs and answers /livez but never became ready (e.g. it cannot decrypt stored Secrets
+    and its watch cache never fills); it was put back into rotation as it is."""
+
+
 @dataclass(frozen=True)
 class Ports:
     etcd_client: int
     etcd_peer: int
-    apiserver: int
+    apiserver: int  # what clients use: the balancer with several replicas, else the one replica
+    replicas: tuple[int, ...] = ()  # each replica's own port
+
+    def to_json(self) -> dict[str, Any]:
+        return {"etcd_client": self.etcd_client, "etcd_peer": self.etcd_peer, "apiserver": self.apiserver,
+                "replicas": list(self.replicas)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Ports:
+        replicas = tuple(data.get("replicas") or (data["apiserver"],))
+        return cls(int(data["etcd_client"]), int(data["etcd_peer"]), int(data["apiserver"]), replicas)
 
 
 class ControlPlane:
-    """etcd + kube-apiserver in ``workdir``; see the module docstring."""
+    """etcd + ``apiservers`` kube-apiserver replicas (+ a balancer when several) in ``workdir``."""
 
     def __init__(
         self,
         workdir: Path | None = None,
         *,
+        apiservers: int = 1,
         encryption_config: Path | None = None,
         tie_to_parent: bool = True,
         extra_apiserver_args: tuple[str, ...] = (),
         audit_secret_writes: bool = False,
     ) -> None:
+        if apiservers < 1:
+            raise ValueError("apiservers must be at least 1")
         self._own_workdir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="aks-kms-cp-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -88,23 +117,57 @@ class ControlPlane:
         self.extra_apiserver_args = extra_apiserver_args
         self.audit_secret_writes = audit_secret_writes
         self.pki = CertificateAuthority(self.dir / "pki")
-        self.ports = self._load_or_pick_ports()
+        self.ports = self._load_or_pick_ports(apiservers)
+        self.apiservers = len(self.ports.replicas)
         self.etcd: ManagedProcess | None = None
-        self.apiserver: ManagedProcess | None = None
+        self.replicas: list[ManagedProcess | None] = [None] * self.apiservers
+        # The encryption configuration each replica was last started with (its own copy), None = none.
+        self.replica_configs: list[Path | None] = [None] * self.apiservers
+        self._replica_locks = [threading.RLock() for _ in range(self.apiservers)]
+        self.balancer: TcpBalancer | None = None
+        self.distinct_identities = self.apiservers > 1 and can_set_hostname()
 
     # ------------------------------------------------------------------ addresses and files
 
-    def _load_or_pick_ports(self) -> Ports:
+    def _load_or_pick_ports(self, apiservers: int) -> Ports:
+        """Ports persist in ``ports.json`` so a handle on a running control plane (``lab``) finds them.
+
+        A saved file wins over ``apiservers`` (an outside handle need not know how many replicas run);
+        a larger ``apiservers`` adds replicas.
+        """
         path = self.dir / "ports.json"
         if path.exists():
-            return Ports(**json.loads(path.read_text()))
-        ports = Ports(free_port(), free_port(), free_port())
-        path.write_text(json.dumps(ports.__dict__))
+            ports = Ports.from_json(json.loads(path.read_text()))
+            if len(ports.replicas) >= apiservers:
+                return ports
+            replicas = ports.replicas + tuple(free_port() for _ in range(apiservers - len(ports.replicas)))
+            front = ports.apiserver if len(ports.replicas) > 1 else free_port()
+            ports = Ports(ports.etcd_client, ports.etcd_peer, front, replicas)
+        else:
+            replicas = tuple(free_port() for _ in range(apiservers))
+            front = replicas[0] if apiservers == 1 else free_port()
+            ports = Ports(free_port(), free_port(), front, replicas)
+        path.write_text(json.dumps(ports.to_json()))
         return ports
 
     @property
     def server(self) -> str:
+        """The API as clients see it: the balancer (several replicas) or the one replica."""
         return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    @property
+    def replica_servers(self) -> list[str]:
+        """Each replica's own URL (bypassing the balancer)."""
+        return [f"https://127.0.0.1:{port}" for port in self.ports.replicas]
+
+    @property
+    def balanced(self) -> bool:
+        return self.apiservers > 1
+
+    @property
+    def apiserver(self) -> ManagedProcess | None:
+        """Replica 0 (the only one with ``apiservers=1``)."""
+        return self.replicas[0]
 
     @property
     def etcd_url(self) -> str:
@@ -118,12 +181,24 @@ class ControlPlane:
     def ca_path(self) -> Path:
         return self.pki.cert_path
 
+    def replica_config_path(self, index: int) -> Path:
+        """Replica ``index``'s own EncryptionConfiguration file (a copy; only a roll changes it)."""
+        return self.dir / f"replica-{index}" / "encryption.yaml"
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> ControlPlane:
         try:
             self._start_etcd()
-            self._start_apiserver()
+            # Start every replica at once and then wait: on 2 cores this is faster than one by one.
+            for i in range(self.apiservers):
+                self._spawn_replica(i, self.encryption_config)
+            for i in range(self.apiservers):
+                self._wait(lambda i=i: self.replica_ready(i), f"kube-apiserver replica {i}", self.replicas[i], 90)
+            if self.balanced:
+                self.balancer = TcpBalancer([("127.0.0.1", p) for p in self.ports.replicas],
+                                            port=self.ports.apiserver).start()
+                self._wait(self._ready, "the API through the balancer", None, 30)
             self._write_admin_kubeconfig()
         except BaseException:
             self.stop()
@@ -137,15 +212,22 @@ class ControlPlane:
         self.stop()
 
     def stop(self) -> None:
-        for proc in (self.apiserver, self.etcd):
+        if self.balancer is not None:
+            self.balancer.stop()
+            self.balancer = None
+        for i, proc in enumerate(self.replicas):
             if proc:
                 proc.stop()
-        self.apiserver = self.etcd = None
+            self.replicas[i] = None
+        if self.etcd:
+            self.etcd.stop()
+        self.etcd = None
         if self._own_workdir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def pids(self) -> list[int]:
-        return [p.pid for p in (self.etcd, self.apiserver) if p and p.alive()]
+        """Every process of this control plane that is alive (the balancer is a thread, not a process)."""
+        return [p.pid for p in (self.etcd, *self.replicas) if p and p.alive()]
 
     def _start_etcd(self) -> None:
         data = self.dir / "etcd-data"
@@ -170,15 +252,32 @@ class ControlPlane:
         ).start()
         self._wait(lambda: self._http_ok(f"{self.etcd_url}/health"), "etcd", self.etcd, 30)
 
-    def _apiserver_argv(self) -> list[str]:
-        serving = self.pki.issue("apiserver", "kube-apiserver", hosts=("127.0.0.1", "localhost"), server=True)
+    def _replica_hostname(self, index: int) -> str | None:
+        """The host name replica ``index`` runs under, or None for the machine's own.
+
+        kube-apiserver names its identity Lease (kube-system, label
+        ``apiserver.kubernetes.io/identity=kube-apiserver``) ``apiserver-<hash>``, where the hash is
+        taken over ``os.Hostname()`` and the fixed string "kube-apiserver" only
+        (k8s.io/apiserver/pkg/server/config.go, ``NewConfig``); no flag or environment variable
+        changes it. Replicas on one machine would therefore share one Lease. So each replica of a
+        multi-replica control plane runs in a UTS namespace of its own with the host name
+        ``lab-apiserver-<i>`` (``processes.ManagedProcess(hostname=...)``), which gives each its own
+        Lease as on AKS. Without the privilege for that (not root), replicas share the Lease; that
+        only makes the Lease's holder flip between them on renewals, and nothing in the lab or the
+        operator reads it.
+        """
+        return f"lab-apiserver-{index}" if self.distinct_identities else None
+
+    def _apiserver_argv(self, index: int, config: Path | None) -> list[str]:
+        serving = self.pki.issue(f"apiserver-{index}", f"kube-apiserver-{index}", hosts=("127.0.0.1", "localhost"),
+                                 server=True)
         sa = service_account_keypair(self.dir / "pki")
         argv = [
             str(tool("kube-apiserver")),
             f"--etcd-servers={self.etcd_url}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
-            f"--secure-port={self.ports.apiserver}",
+            f"--secure-port={self.ports.replicas[index]}",
             f"--tls-cert-file={serving.cert}",
             f"--tls-private-key-file={serving.key}",
             f"--client-ca-file={self.pki.cert_path}",
@@ -193,19 +292,28 @@ class ControlPlane:
             f"--cert-dir={self.dir / 'pki'}",
             "--v=1",
         ]
+        if self.balanced:
+            # Every replica advertises 127.0.0.1 with its own port; the lease endpoint reconciler would
+            # rewrite the `kubernetes` Service's port every 10 s, replica against replica. Nothing in
+            # the lab uses that Service (no pods, no kube-proxy).
+            argv.append("--endpoint-reconciler-type=none")
         if self.audit_secret_writes:
-            argv += [f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
+            argv += [f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self._audit_log(index)}",
                      "--audit-log-format=json"]
-        if self.encryption_config is not None:
+        if config is not None:
             argv += [
-                f"--encryption-provider-config={self.encryption_config}",
+                f"--encryption-provider-config={config}",
                 "--encryption-provider-config-automatic-reload=true",
             ]
         return argv + list(self.extra_apiserver_args)
 
     @property
     def audit_log(self) -> Path:
-        return self.dir / "logs" / "audit.jsonl"
+        """Replica 0's audit log (see :meth:`secret_writes` for all replicas)."""
+        return self._audit_log(0)
+
+    def _audit_log(self, index: int) -> Path:
+        return self.dir / "logs" / ("audit.jsonl" if index == 0 else f"audit-{index}.jsonl")
 
     def _audit_policy(self) -> Path:
         """Record every write to a Secret (metadata level: never the data), nothing else."""
@@ -219,33 +327,125 @@ class ControlPlane:
         return path
 
     def secret_writes(self, verb: str = "patch") -> list[dict[str, Any]]:
-        """Audited Secret writes (namespace, name, user, time), oldest first."""
-        if not self.audit_log.exists():
-            return []
+        """Audited Secret writes (namespace, name, code, time, replica) of every replica, oldest first."""
         out = []
-        for line in self.audit_log.read_text().splitlines():
-            event = json.loads(line)
-            ref = event.get("objectRef") or {}
-            if event.get("verb") == verb and event.get("stage") == "ResponseComplete":
-                out.append({"namespace": ref.get("namespace"), "name": ref.get("name"),
-                            "code": (event.get("responseStatus") or {}).get("code"),
-                            "time": event.get("stageTimestamp")})
-        return out
+        for index in range(self.apiservers):
+            path = self._audit_log(index)
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
+                event = json.loads(line)
+                ref = event.get("objectRef") or {}
+                if event.get("verb") == verb and event.get("stage") == "ResponseComplete":
+                    out.append({"namespace": ref.get("namespace"), "name": ref.get("name"),
+                                "code": (event.get("responseStatus") or {}).get("code"),
+                                "time": event.get("stageTimestamp"), "replica": index})
+        return sorted(out, key=lambda w: w["time"] or "")
 
-    def _start_apiserver(self) -> None:
-        self.apiserver = ManagedProcess(
-            "kube-apiserver", self._apiserver_argv(), self.dir / "logs" / "kube-apiserver.log",
-            tie_to_parent=self.tie_to_parent,
+    # ------------------------------------------------------------------ replicas
+
+    def _spawn_replica(self, index: int, config: Path | bool | None) -> None:
+        """Start replica ``index`` (not waiting); ``config``: a file to copy in, None = no encryption,
+        False = the copy it had."""
+        if config is not False:
+            if config is None:
+                self.replica_configs[index] = None
+            else:
+                own = self.replica_config_path(index)
+                own.parent.mkdir(parents=True, exist_ok=True)
+                tmp = own.with_suffix(".tmp")
+                shutil.copyfile(config, tmp)  # type: ignore[arg-type]
+                tmp.replace(own)
+                self.replica_configs[index] = own
+        self.replicas[index] = ManagedProcess(
+            f"kube-apiserver-{index}", self._apiserver_argv(index, self.replica_configs[index]),
+            self.dir / "logs" / ("kube-apiserver.log" if index == 0 else f"kube-apiserver-{index}.log"),
+            tie_to_parent=self.tie_to_parent, hostname=self._replica_hostname(index),
         ).start()
-        self._wait(self._ready, "kube-apiserver", self.apiserver, 90)
+
+    def stop_replica(self, index: int) -> None:
+        """Take replica ``index`` out of the balancer's rotation and stop it (its connections drop)."""
+        with self._replica_locks[index]:
+            if self.balancer is not None:
+                self.balancer.set_in_rotation(index, False)
+            proc = self.replicas[index]
+            if proc is not None:
+                proc.stop()
+            self.replicas[index] = None
+
+    def start_replica(self, index: int, encryption_config: Path | bool | None = False,
+                      timeout: float = 90, *, accept_live: bool = False) -> None:
+        """Start replica ``index`` (``encryption_config`` as in :meth:`restart_replica`), wait for its
+        /readyz, then put it back into the balancer's rotation.
+
+        ``accept_live``: if it is not ready after ``timeout`` but answers /livez, put it into
+        rotation anyway and raise :class:`ReplicaNotReady` (what a rolled AKS control plane that
+        cannot read its own Secrets looks like: serving, with errors)."""
+        with self._replica_locks[index]:
+            if self.replicas[index] is not None and self.replicas[index].alive():  # type: ignore[union-attr]
+                raise ControlPlaneError(f"replica {index} is already running")
+            self._spawn_replica(index, encryption_config)
+            try:
+                self._wait(lambda: self.replica_ready(index), f"kube-apiserver replica {index}",
+                           self.replicas[index], timeout)
+            except ControlPlaneError:
+                if not (accept_live and self.replica_live(index)):
+                    raise
+                if self.balancer is not None:
+                    self.balancer.set_in_rotation(index, True)
+                raise ReplicaNotReady(f"kube-apiserver replica {index} is live but not ready after {timeout:.0f}s: "
+                                      f"{self.readyz_failures(index)}") from None
+            if self.balancer is not None:
+                self.balancer.set_in_rotation(index, True)
+
+    def restart_replica(self, index: int, encryption_config: Path | bool | None = False,
+                        timeout: float = 90, *, accept_live: bool = False) -> None:
+        """Roll one replica: out of rotation, stop, start with ``encryption_config`` (a file copied into
+        the replica's own; None: no encryption; False: keep its current one), wait until ready, back
+        into rotation. The other replicas keep serving with whatever configuration they have."""
+        with self._replica_locks[index]:
+            self.stop_replica(index)
+            self.start_replica(index, encryption_config, timeout, accept_live=accept_live)
 
     def restart_apiserver(self, encryption_config: Path | bool | None = False) -> None:
-        """Roll the API server (as AKS does after a KMS change); ``False`` keeps the current config."""
+        """Roll every replica, one at a time (as AKS does after a KMS change); ``False`` keeps each
+        replica's current configuration."""
         if encryption_config is not False:
             self.encryption_config = encryption_config or None  # type: ignore[assignment]
-        if self.apiserver:
-            self.apiserver.stop()
-        self._start_apiserver()
+        for index in range(self.apiservers):
+            self.restart_replica(index, encryption_config)
+
+    def replica_ready(self, index: int) -> bool:
+        try:
+            status, _ = self.request("GET", "/readyz", timeout=3, server=self.replica_servers[index])
+        except OSError:
+            return False
+        return status == 200
+
+    def replica_live(self, index: int) -> bool:
+        try:
+            status, _ = self.request("GET", "/livez", timeout=3, server=self.replica_servers[index])
+        except OSError:
+            return False
+        return status == 200
+
+    def readyz_failures(self, index: int) -> str:
+        """The failing /readyz checks of one replica (names only), for messages."""
+        try:
+            _, body = self.request("GET", "/readyz?verbose", timeout=3, server=self.replica_servers[index])
+        except OSError as err:
+            return str(err)
+        failing = [line.strip() for line in str(body).splitlines() if line.startswith("[-]")]
+        return ", ".join(failing) or "no failing check reported"
+
+    def identity_leases(self) -> list[str]:
+        """Names of the kube-apiserver identity Leases in kube-system (one per replica host name)."""
+        status, body = self.request(
+            "GET", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
+                   "?labelSelector=apiserver.kubernetes.io%2Fidentity%3Dkube-apiserver")
+        if status != 200:
+            raise ControlPlaneError(f"listing identity leases: {status} {body}")
+        return sorted(item["metadata"]["name"] for item in body.get("items") or [])
 
     def _wait(self, check: Any, what: str, proc: ManagedProcess | None, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -278,12 +478,15 @@ class ControlPlane:
         return ctx
 
     def request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-                timeout: float = 30) -> tuple[int, Any]:
-        """A plain admin API call, for setup in tests and the lab (never on a hot path)."""
+                timeout: float = 30, server: str | None = None) -> tuple[int, Any]:
+        """A plain admin API call, for setup in tests and the lab (never on a hot path).
+
+        Each call is a new connection, so through the balancer calls spread over the replicas;
+        ``server`` (one of :attr:`replica_servers`) talks to one replica directly."""
         data = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        req = urllib.request.Request(self.server + path, data=data, method=method,
+        req = urllib.request.Request((server or self.server) + path, data=data, method=method,
                                      headers={"Content-Type": content_type, "Accept": "application/json"})
         try:
             with urllib.request.urlopen(req, context=self.ssl_context(), timeout=timeout) as r:

@@ -76,13 +76,17 @@ class EtcdClient:
         kv = kvs[0]  # type: ignore[index]
         return RawValue(key, base64.b64decode(kv.get("value", "")), int(kv.get("mod_revision", 0)))
 
-    def scan(self, prefix: str = SECRETS_PREFIX, *, page_size: int = 500) -> Iterator[RawValue]:
-        """Every key under ``prefix`` in key order, one page at a time, at one revision."""
+    def scan(self, prefix: str = SECRETS_PREFIX, *, page_size: int = 500,
+             keys_only: bool = False) -> Iterator[RawValue]:
+        """Every key under ``prefix`` in key order, one page at a time, at one revision
+        (``keys_only``: values come back empty)."""
         start = prefix.encode()
         end = prefix_range_end(start)
         revision = 0
         while True:
             body: dict[str, object] = {"key": _b64(start), "range_end": _b64(end), "limit": page_size}
+            if keys_only:
+                body["keys_only"] = True
             if revision:
                 body["revision"] = revision
             out = self._range(body)

@@ -7,7 +7,7 @@ directory from the outside, as the ``aks-kms-operator lab`` CLI and the e2e test
 Files in the lab directory::
 
     supervisor.pid  supervisor.log  ready | failed
-    controlplane/   etcd + kube-apiserver (ports.json, pki/, logs/)
+    controlplane/   etcd + kube-apiserver replicas (ports.json, pki/, logs/, replica-<i>/encryption.yaml)
     azure/          the fake Azure's CA and write log
     kms/            one KMS v2 plugin socket per loaded key version
     encryption.yaml the API server's EncryptionConfiguration   slots.json  AKS's KMS key slots
@@ -39,7 +39,17 @@ from .aks_sim import ApiServerKms
 from .controlplane import REPO_ROOT, ControlPlane
 from .encryption import KeySlots, encryption_configuration, kms_v2_provider, provider_name, write_configuration
 from .processes import pid_alive, stop_pid
-from .verify import IDENTITY, DigestReport, VerifyReport, check_digests, snapshot_digests, verify_etcd
+from .verify import (
+    IDENTITY,
+    ApiReadReport,
+    DigestReport,
+    VerifyReport,
+    check_digests,
+    read_through_api,
+    secret_names,
+    snapshot_digests,
+    verify_etcd,
+)
 from .world import OPERATOR_NAMESPACE, LabWorld, operator_env, seed_azure
 
 log = logging.getLogger(__name__)
@@ -48,6 +58,7 @@ DEFAULT_DIR = REPO_ROOT / ".lab"
 CRD = REPO_ROOT / "manifests" / "crd" / "clusterencryptionpolicies.yaml"
 POLICIES = "/apis/aks-kms.dev/v1alpha1/clusterencryptionpolicies"
 READY_TIMEOUT = 120.0
+DEFAULT_APISERVERS = 2  # AKS runs several replicas behind a load balancer; see README (lab) for the cost
 
 
 class LabError(RuntimeError):
@@ -115,10 +126,18 @@ class LabPaths:
 
 
 class LabRuntime:
-    """Control plane, fake Azure, one KMS v2 plugin per loaded key version, AKS's KMS behaviour."""
+    """Control plane, fake Azure, one KMS v2 plugin per loaded key version, AKS's KMS behaviour.
 
-    def __init__(self, root: Path) -> None:
+    ``apiservers`` kube-apiserver replicas behind the balancer; ``roll_interval`` and
+    ``lag_last_seconds`` are AKS-sim's (``aks_sim.ApiServerKms``); change them later on ``kms``.
+    """
+
+    def __init__(self, root: Path, *, apiservers: int = 1, roll_interval: float = 0.0,
+                 lag_last_seconds: float | None = None) -> None:
         self.paths = LabPaths(Path(root).resolve())
+        self.apiservers = apiservers
+        self.roll_interval = roll_interval
+        self.lag_last_seconds = lag_last_seconds
         self.cp: ControlPlane | None = None
         self.fake: Any = None
         self.world: LabWorld | None = None
@@ -148,7 +167,7 @@ class LabRuntime:
         provider = kms_v2_provider(self.socket_for)
         try:
             write_configuration(p.encryption, encryption_configuration(KeySlots(), provider))
-            self.cp = ControlPlane(p.controlplane, encryption_config=p.encryption).start()
+            self.cp = ControlPlane(p.controlplane, apiservers=self.apiservers, encryption_config=p.encryption).start()
             self.cp.apply(yaml.safe_load(CRD.read_text()))
             self.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
             _wait(lambda: self.cp.request("GET", "/apis/aks-kms.dev/v1alpha1")[0] == 200, 60, "CRD served")
@@ -157,7 +176,8 @@ class LabRuntime:
             shutil.copyfile(self.cp.kubeconfig, p.kubeconfig)
             p.kubeconfig.chmod(0o600)
             self.env = operator_env(self.fake, p.kubeconfig)
-            self.kms = ApiServerKms(self.cp, p.encryption, provider, load_key=self._load_key, state_path=p.slots)
+            self.kms = ApiServerKms(self.cp, p.encryption, provider, load_key=self._load_key, state_path=p.slots,
+                                    roll_interval=self.roll_interval, lag_last_seconds=self.lag_last_seconds)
             self.kms.write_config()  # records the (empty) slots
             self.fake.on_kms_change = self.kms.on_kms_change
             self._write_files()
@@ -182,6 +202,8 @@ class LabRuntime:
 
     def stop(self) -> None:
         self.paths.ready.unlink(missing_ok=True)
+        if self.kms is not None:
+            self.kms.close()  # a lagging roll must not restart a replica of a stopped control plane
         for plugin in list(self.plugins.values()):
             with contextlib.suppress(Exception):
                 plugin.stop()
@@ -223,7 +245,8 @@ def is_running(root: Path) -> bool:
     return bool(pid and pid_alive(pid) and LabPaths(Path(root)).ready.exists())
 
 
-def up(root: Path = DEFAULT_DIR, *, timeout: float = READY_TIMEOUT) -> str:
+def up(root: Path = DEFAULT_DIR, *, timeout: float = READY_TIMEOUT, apiservers: int = DEFAULT_APISERVERS,
+       roll_interval: float = 0.0, lag_last_seconds: float | None = None) -> str:
     """Start the detached supervisor and wait until the lab is ready; 'started' or 'running'."""
     p = LabPaths(Path(root).resolve())
     pid = supervisor_pid(p.root)
@@ -238,7 +261,11 @@ def up(root: Path = DEFAULT_DIR, *, timeout: float = READY_TIMEOUT) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "operator"),
                                                                       os.environ.get("PYTHONPATH")]))}
     with open(p.log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "aks_kms_lab.supervisor", "--dir", str(p.root)],
+        argv = [sys.executable, "-m", "aks_kms_lab.supervisor", "--dir", str(p.root), "--apiservers", str(apiservers),
+                "--roll-interval", str(roll_interval)]
+        if lag_last_seconds is not None:
+            argv += ["--lag-last", str(lag_last_seconds)]
+        proc = subprocess.Popen(argv,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env, cwd=str(p.root))
     p.pid.write_text(str(proc.pid))
@@ -319,16 +346,39 @@ def status(root: Path = DEFAULT_DIR) -> dict[str, Any]:
         return out
     out["state"] = "running" if out["running"] else ("starting" if pid and pid_alive(pid) else "stale")
     ports = p.controlplane / "ports.json"
+    slots = json.loads(p.slots.read_text()) if p.slots.exists() else {}
     if ports.exists():
         ports_data = json.loads(ports.read_text())
         out["apiserver"] = f"https://127.0.0.1:{ports_data['apiserver']}"
         out["etcd"] = f"http://127.0.0.1:{ports_data['etcd_client']}"
+        replicas = ports_data.get("replicas") or [ports_data["apiserver"]]
+        out["balancer"] = out["apiserver"] if len(replicas) > 1 else None
+        out["replicas"] = _replica_status(p.root, replicas, slots.get("replicas") or [], out["running"])
     if p.env.exists():
         out["fakeAzure"] = read_env(p.root).get("AKS_KMS_ARM_ENDPOINT")
     out["kubeconfig"] = str(p.kubeconfig)
-    if p.slots.exists():
-        out["kms"] = json.loads(p.slots.read_text())
+    if slots:
+        out["kms"] = {k: v for k, v in slots.items() if k != "replicas"}
     out["plugins"] = sorted(s.name for s in p.kms.glob("*.sock")) if p.kms.exists() else []
+    return out
+
+
+def _replica_status(root: Path, ports: list[int], slots: list[dict[str, Any]], probe: bool) -> list[dict[str, Any]]:
+    """Each replica: URL, whether /readyz answers 200 (only asked of a running lab), the keys it loads."""
+    cp = control_plane(root)
+    out = []
+    for i, port in enumerate(ports):
+        url = f"https://127.0.0.1:{port}"
+        ready: bool | None = None
+        if probe:
+            try:
+                ready = cp.request("GET", "/readyz", timeout=3, server=url)[0] == 200
+            except OSError:
+                ready = False
+        entry: dict[str, Any] = {"index": i, "server": url, "ready": ready}
+        if i < len(slots):
+            entry["kms"] = slots[i]
+        out.append(entry)
     return out
 
 
@@ -361,14 +411,24 @@ class LabVerification:
     report: VerifyReport
     content: DigestReport | None
     key_labels: dict[str, str]  # key URL -> V1/V2/... for display
+    api: ApiReadReport | None = None  # every Secret read through the API (None: not asked, --no-content)
+
+    @property
+    def unreadable(self) -> list[str]:
+        """Secrets the API cannot serve (namespace/name), e.g. stored under a key no API server loads."""
+        return sorted(self.api.unreadable) if self.api else []
 
     @property
     def ok(self) -> bool:
         stored_ok = self.report.unreadable == 0 and (self.expected is None or self.report.all_under(self.expected))
-        return stored_ok and (self.content is None or self.content.ok)
+        return stored_ok and not self.unreadable and (self.content is None or self.content.ok)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "expected": self.expected, "etcd": self.report.to_json(),
+        api = None
+        if self.api is not None:
+            api = {"served": len(self.api.digests), "unreadable": len(self.api.unreadable),
+                   "firstUnreadable": {k: self.api.unreadable[k] for k in self.api.first_unreadable()}}
+        return {"ok": self.ok, "expected": self.expected, "etcd": self.report.to_json(), "api": api,
                 "content": self.content.to_json() if self.content else None, "keys": self.key_labels}
 
     def render(self) -> str:
@@ -386,12 +446,23 @@ class LabVerification:
             under = self.report.under(self.expected)
             lines.append(f"expected: {self.expected}{f' [{name}]' if name else ''}: "
                          f"{under}/{self.report.total} {'OK' if self.report.all_under(self.expected) else 'FAIL'}")
+        if self.api is None:
+            lines.append("API: Secrets not read through the API (--no-content); readability not checked")
+        else:
+            bad = self.api.unreadable
+            lines.append(f"API: {len(self.api.digests)} Secrets served, {len(bad)} unreadable: "
+                         f"{'OK' if not bad else 'FAIL'}")
+            for name in self.api.first_unreadable():
+                lines.append(f"  ! {name}: {bad[name]}")
+            if len(bad) > 10:
+                lines.append(f"  ... and {len(bad) - 10} more")
         if self.content is None:
-            lines.append("content: no seed.json (run `lab seed`); not checked")
+            lines.append("content: no seed.json (run `lab seed`); not checked" if self.api is not None
+                         else "content: not checked (--no-content)")
         else:
             c = self.content
             lines.append(f"content: {c.checked} seeded Secrets checked, {len(c.mismatched)} changed, "
-                         f"{len(c.missing)} missing: {'OK' if c.ok else 'FAIL'}")
+                         f"{len(c.missing)} missing, {len(c.unreadable)} unreadable: {'OK' if c.ok else 'FAIL'}")
             for name in (c.mismatched + c.missing)[:10]:
                 lines.append(f"  ! {name}")
         lines.append("verify: " + ("OK" if self.ok else "FAILED"))
@@ -399,7 +470,10 @@ class LabVerification:
 
 
 def policy_encrypted_with(root: Path, name: str = "default") -> str | None:
-    code, body = control_plane(root).request("GET", f"{POLICIES}/{name}")
+    try:
+        code, body = control_plane(root).request("GET", f"{POLICIES}/{name}")
+    except OSError:
+        return None
     if code != 200 or not isinstance(body, dict):
         return None
     return ((body.get("status") or {}).get("encryptedWith")) or None
@@ -417,9 +491,16 @@ def verify_lab(root: Path = DEFAULT_DIR, *, expect: str | None = None, content: 
         expect = policy_encrypted_with(p.root)
     keys = list(labels) + ([expect] if expect and expect != IDENTITY and expect not in labels else [])
     report = verify_etcd(env["ETCD_URL"], keys)
-    digests = None
-    if content and p.seed.exists():
-        expected = json.loads(p.seed.read_text())
-        namespaces = sorted({k.split("/", 1)[0] for k in expected})
-        digests = check_digests(control_plane(p.root), expected, namespaces=namespaces)
-    return LabVerification(expect, report, digests, labels)
+    digests = api = None
+    if content:
+        cp = control_plane(p.root)
+        names = {ns: set(v) for ns, v in secret_names(env["ETCD_URL"]).items()}
+        expected = json.loads(p.seed.read_text()) if p.seed.exists() else None
+        for key in expected or {}:  # a seeded Secret that is gone is asked for by name: "missing"
+            ns, name = key.split("/", 1)
+            names.setdefault(ns, set()).add(name)
+        api = read_through_api(cp, {ns: sorted(v) for ns, v in names.items()}, everything=True)
+        if expected is not None:
+            namespaces = sorted({k.split("/", 1)[0] for k in expected})
+            digests = check_digests(cp, expected, namespaces=namespaces, read=api)
+    return LabVerification(expect, report, digests, labels, api)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWUTS = 0x04000000
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -31,6 +32,34 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
+
+
+def _own_hostname(name: str) -> None:
+    """Give the calling process a UTS namespace of its own with host name ``name`` (needs root).
+
+    Runs in the child between fork and exec. The host name is all that changes: network, mounts and
+    PIDs stay shared. kube-apiserver derives its identity Lease name from the host name only (see
+    ``controlplane``), so this is how replicas on one machine get one Lease each.
+    """
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    if libc.unshare(_CLONE_NEWUTS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWUTS): {os.strerror(err)}")
+    raw = name.encode()
+    if libc.sethostname(raw, len(raw)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sethostname: {os.strerror(err)}")
+
+
+@functools.cache
+def can_set_hostname() -> bool:
+    """Whether this process may start children in their own UTS namespace (root, no seccomp veto)."""
+    try:
+        subprocess.run(["true"], preexec_fn=lambda: _own_hostname("aks-kms-lab-probe"), check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
 
 
 class _Spawner:
@@ -66,17 +95,26 @@ class ManagedProcess:
     """One server process with its log file."""
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path, *, tie_to_parent: bool = True,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, hostname: str | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.tie_to_parent = tie_to_parent
         self.env = env
+        self.hostname = hostname  # run in a UTS namespace of its own with this host name (see can_set_hostname)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        detach = _die_with_parent if self.tie_to_parent else os.setsid
+        hostname = self.hostname
+
+        def preexec() -> None:
+            detach()
+            if hostname:
+                _own_hostname(hostname)
+
         try:
             spawn = functools.partial(
                 subprocess.Popen,
@@ -85,7 +123,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
-                preexec_fn=_die_with_parent if self.tie_to_parent else os.setsid,
+                preexec_fn=preexec,
             )
             # PR_SET_PDEATHSIG fires when the *thread* that forked exits, not the process. A restart
             # requested from a short-lived thread (the fake ARM's operation thread) would otherwise

@@ -1,4 +1,5 @@
-"""``python -m aks_kms_lab.supervisor --dir DIR``: run one lab until SIGTERM (started by ``lab up``).
+"""``python -m aks_kms_lab.supervisor --dir DIR [--apiservers N] [--roll-interval S] [--lag-last S]``: run one
+lab until SIGTERM (started by ``lab up``).
 
 Writes ``DIR/ready`` once everything serves, or ``DIR/failed`` (and exits 1) if start-up fails.
 Its etcd and kube-apiserver are tied to this process: they die with it, even on SIGKILL.
@@ -21,13 +22,17 @@ from .lab import LabPaths, LabRuntime
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aks_kms_lab.supervisor")
     parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--apiservers", type=int, default=1)
+    parser.add_argument("--roll-interval", type=float, default=0.0)
+    parser.add_argument("--lag-last", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = LabPaths(args.dir.resolve())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    runtime = LabRuntime(paths.root)
+    runtime = LabRuntime(paths.root, apiservers=args.apiservers, roll_interval=args.roll_interval,
+                         lag_last_seconds=args.lag_last)
     try:
         runtime.start()
     except BaseException:

@@ -1,7 +1,8 @@
 """The full lab (real etcd + kube-apiserver with KMS v2 plugins, fake Azure) and the operator process.
 
 One lab per module, run in-process through :class:`aks_kms_lab.lab.LabRuntime` in a temporary
-directory (never the CLI's ``.lab``), so tests can reach the fake Azure directly.
+directory (never the CLI's ``.lab``), so tests can reach the fake Azure directly. The lab runs
+``APISERVERS`` kube-apiserver replicas behind the balancer, as AKS does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..support import wait_for
 SCRIPT = Path(sys.executable).parent / "aks-kms-operator"
 SECRETS = 200
 NAMESPACES = 4
+APISERVERS = 2  # AKS runs several kube-apiserver replicas behind a load balancer; so does every e2e lab
 REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
 
 
@@ -108,7 +110,7 @@ class LabHarness:
 
 @pytest.fixture(scope="module")
 def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHarness]:
-    runtime = LabRuntime(tmp_path_factory.mktemp("lab") / "lab").start()
+    runtime = LabRuntime(tmp_path_factory.mktemp("lab") / "lab", apiservers=APISERVERS).start()
     harness = LabHarness(runtime)
     try:
         assert lab.seed_lab(harness.root, secrets=SECRETS, namespaces=NAMESPACES) == SECRETS

@@ -27,7 +27,15 @@ from aks_kms_lab.encryption import (
 )
 from aks_kms_lab.etcdraw import EtcdClient
 from aks_kms_lab.fake_azure import FakeAzure
-from aks_kms_lab.world import OPERATOR_NAMESPACE, LabWorld, operator_env, seed_azure
+from aks_kms_lab.world import (
+    CLUSTER,
+    OPERATOR_NAMESPACE,
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    LabWorld,
+    operator_env,
+    seed_azure,
+)
 
 from ..support import REPO, wait_for
 
@@ -36,17 +44,23 @@ SCRIPT = Path(sys.executable).parent / "aks-kms-operator"
 
 
 class AksEnv:
-    def __init__(self, root: Path, *, audit: bool = False) -> None:
+    """``apiservers`` replicas behind the lab's balancer; ``roll_interval`` / ``lag_last_seconds`` are
+    AKS-sim's (``aks_sim.ApiServerKms``, changeable later on ``self.kms``)."""
+
+    def __init__(self, root: Path, *, audit: bool = False, apiservers: int = 1, roll_interval: float = 0.0,
+                 lag_last_seconds: float | None = None) -> None:
         self.root = root
         self.config = root / "encryption.yaml"
         write_configuration(self.config, encryption_configuration(KeySlots(), aescbc_provider))
-        self.cp = ControlPlane(root / "cp", encryption_config=self.config, audit_secret_writes=audit).start()
+        self.cp = ControlPlane(root / "cp", apiservers=apiservers, encryption_config=self.config,
+                               audit_secret_writes=audit).start()
         self.cp.apply(yaml.safe_load((REPO / "manifests/crd/clusterencryptionpolicies.yaml").read_text()))
         wait_for(lambda: self.cp.request("GET", "/apis/aks-kms.dev/v1alpha1")[0] == 200, what="CRD served")
         self.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
         self.fake = FakeAzure(root / "azure").start()
         self.world: LabWorld = seed_azure(self.fake)
-        self.kms = ApiServerKms(self.cp, self.config, aescbc_provider)
+        self.kms = ApiServerKms(self.cp, self.config, aescbc_provider, roll_interval=roll_interval,
+                                lag_last_seconds=lag_last_seconds)
         self.fake.on_kms_change = self.kms.on_kms_change
         self.env = {**os.environ, **operator_env(self.fake, self.cp.kubeconfig)}
         self.operator: subprocess.Popen[bytes] | None = None
@@ -68,6 +82,7 @@ class AksEnv:
 
     def stop(self) -> None:
         self.kill_operator(15)
+        self.kms.close()
         self.fake.stop()
         self.cp.stop()
 
@@ -113,6 +128,42 @@ class AksEnv:
         return self.wait_status(
             name, lambda s: condition(s, "Stalled") == "True" and reason_of(s, "Stalled") == reason, timeout,
             f"Stalled {reason}")
+
+    # ---------------------------------------------------------------- ARM, as a user would drive it
+
+    def arm_client(self) -> Any:
+        """The real azure-mgmt-containerservice client against the fake (client-secret credential)."""
+        from azure.core.pipeline.policies import RetryPolicy
+        from azure.core.pipeline.transport import RequestsTransport
+        from azure.identity import ClientSecretCredential
+        from azure.mgmt.containerservice import ContainerServiceClient
+
+        ca = str(self.fake.ca_pem_path)
+        credential = ClientSecretCredential(self.fake.tenant_id, self.fake.client_id, self.fake.client_secret,
+                                            authority=self.fake.authority, disable_instance_discovery=True,
+                                            connection_verify=ca)
+        return ContainerServiceClient(
+            credential, SUBSCRIPTION, base_url=self.fake.url, polling_interval=0.1,
+            transport=RequestsTransport(connection_verify=ca, connection_timeout=5, read_timeout=30),
+            retry_policy=RetryPolicy(retry_total=3, retry_backoff_factor=0.05, retry_backoff_max=0.5))
+
+    def set_kms(self, key_id: str | None, *, timeout: float = 180) -> None:
+        """PUT the cluster's KMS block (``None``: disable) through ARM and wait for the operation, as
+        ``az aks update`` would: AKS-sim rolls the API servers before (or, lagging, after) it ends."""
+        from azure.core import MatchConditions
+
+        client = self.arm_client()
+        try:
+            body = client.managed_clusters.get(RESOURCE_GROUP, CLUSTER)
+            kms: dict[str, Any] = {"enabled": key_id is not None, "keyVaultNetworkAccess": "Public"}
+            if key_id is not None:
+                kms["keyId"] = key_id
+            body.security_profile.azure_key_vault_kms = kms
+            client.managed_clusters.begin_create_or_update(
+                RESOURCE_GROUP, CLUSTER, body, etag=body.e_tag, match_condition=MatchConditions.IfNotModified,
+            ).result(timeout=timeout)
+        finally:
+            client.close()
 
     # ---------------------------------------------------------------- Azure write log
 
