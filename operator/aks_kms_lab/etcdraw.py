@@ -76,6 +76,14 @@ class EtcdClient:
         kv = kvs[0]  # type: ignore[index]
         return RawValue(key, base64.b64decode(kv.get("value", "")), int(kv.get("mod_revision", 0)))
 
+    def put(self, key: str, value: bytes) -> None:
+        """Write one raw value, bypassing the API server (tests: a value no API server can decrypt)."""
+        req = urllib.request.Request(f"{self.url}/v3/kv/put", method="POST",
+                                     data=json.dumps({"key": _b64(key.encode()), "value": _b64(value)}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            r.read()
+
     def scan(self, prefix: str = SECRETS_PREFIX, *, page_size: int = 500,
              keys_only: bool = False) -> Iterator[RawValue]:
         """Every key under ``prefix`` in key order, one page at a time, at one revision

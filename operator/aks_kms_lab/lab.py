@@ -300,7 +300,7 @@ def _leftover_pids(root: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if needle + b"/" in cmdline or cmdline.endswith(needle + b"\x00"):
+        if needle + b"/" in cmdline or b"\x00" + needle + b"\x00" in b"\x00" + cmdline:  # a path under it, or it
             found.append(int(entry.name))
     return found
 
