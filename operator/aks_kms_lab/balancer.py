@@ -167,6 +167,7 @@ class TcpBalancer:
                     break
                 self.stats[index].accepted += 1
                 self.stats[index].active += 1
+                self._next = (index + 1) % len(self.backends)  # past a refusing replica: keep the spread even
                 self._pair_objs[id(pair)] = pair
             pair.threads = [
                 threading.Thread(target=self._pump, args=(pair, client, backend), daemon=True,
