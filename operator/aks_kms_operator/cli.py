@@ -30,8 +30,12 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("aks_kms_operator").info("starting aks-kms-operator")
     kopf.run(
         clusterwide=True,
-        standalone=True,  # one replica with a Recreate Deployment; kopf peering is not leader election
+        # No kopf peering (it pauses lower priorities, it does not exclude equals): mutual exclusion
+        # between replicas is the Lease in aks_kms_operator.leader, taken in a startup handler.
+        standalone=True,
         liveness_endpoint=args.liveness or None,
+        # the standby answers the liveness endpoint itself until kopf's own server starts
+        memo=kopf.Memo(liveness_endpoint=args.liveness or None),
     )
     return 0
 

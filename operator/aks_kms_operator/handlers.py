@@ -16,7 +16,8 @@ import kopf
 from .api import v1alpha1 as api
 from .azure import build_gateways
 from .azure.config import AzureSettings
-from .kube import Credentials, KubeClient, KubeError
+from .kube import CredentialSource, KubeClient, KubeError
+from .leader import LeaderElector, LeaderSettings, standby_liveness
 from .planning import Step
 from .reconciler import Reconciler, ReconcilerSettings
 
@@ -50,24 +51,51 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """Log in exactly as ``kube.Credentials`` does (service account, then KUBECONFIG), whatever
-    client libraries happen to be installed: kopf would otherwise prefer pykube or the official
-    client, which log in differently (e.g. without a namespace for Events)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's client logs in from the same ``CredentialSource`` as ours: the official client's
+    loaders (in-cluster service account with its rotating token, else the kubeconfig, exec plugins
+    included). kopf calls this again after a 401; the source then reloads, so a rotated token or a
+    re-run exec plugin reaches kopf too. Sync on purpose: kopf runs it in a thread, and an exec
+    plugin may take a moment."""
+    source = getattr(memo, "credentials", None) or CredentialSource.discover()
+    return source.connection_info()
 
 
 @kopf.on.startup()
 async def connect(memo: kopf.Memo, **_: Any) -> None:
-    """One API client, one set of Azure gateways and one reconciler for the whole process."""
-    memo.kube = await KubeClient(Credentials.login(), pool_size=64).__aenter__()
+    """One credential source, one API client, one set of Azure gateways and one reconciler for the
+    whole process; then, unless disabled, wait here until this replica leads (see ``leader``): no
+    handler or daemon runs before every startup handler has returned."""
+    if getattr(memo, "kube", None) is None:  # kopf retries a startup handler that raised
+        memo.credentials = CredentialSource.discover()
+        memo.kube = await KubeClient(memo.credentials, pool_size=64).__aenter__()
+    leadership = LeaderSettings.from_env()
+    if leadership.enabled and getattr(memo, "leader", None) is None:
+        # A pool of its own and a short timeout: renewals never queue behind the rewrite's requests.
+        lease_client = await KubeClient(memo.credentials, pool_size=2, timeout=leadership.renew_interval).__aenter__()
+        memo.leader = LeaderElector(lease_client, leadership, on_lost=leadership.stop_acting())
+        async with standby_liveness(getattr(memo, "liveness_endpoint", None)):
+            await memo.leader.acquire()
+        memo.leader.start_renewing()
     memo.reconciler = Reconciler(memo.kube, build_gateways(AzureSettings.from_env()), ReconcilerSettings.from_env(),
                                  events=_post_event)
     memo.wakeups = {}
 
 
+@kopf.on.probe(id="leader")
+def leader_probe(memo: kopf.Memo, **_: Any) -> str:
+    """The liveness endpoint names the lease holder identity this process acts as."""
+    leader: LeaderElector | None = getattr(memo, "leader", None)
+    return leader.settings.identity if leader is not None else "leader election disabled"
+
+
 @kopf.on.cleanup()
 async def disconnect(memo: kopf.Memo, **_: Any) -> None:
+    """Runs after kopf has stopped every daemon: only now may the standby take over."""
+    leader: LeaderElector | None = getattr(memo, "leader", None)
+    if leader is not None:
+        await leader.release()
+        await leader.kube.__aexit__(None, None, None)
     if getattr(memo, "kube", None) is not None:
         await memo.kube.__aexit__(None, None, None)
 

@@ -22,6 +22,8 @@ POLICIES = "/apis/aks-kms.dev/v1alpha1/clusterencryptionpolicies"
 
 def test_operator_acknowledges_a_policy_and_exits_cleanly_on_sigterm(crd_installed, tmp_path) -> None:
     cp = crd_installed
+    # the operator's own namespace (default aks-kms-system): its leader-election Lease and canary live there
+    cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "aks-kms-system"}})
     port = free_port()
     log = tmp_path / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
