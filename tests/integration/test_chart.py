@@ -66,10 +66,14 @@ ALL_FEATURES: dict[str, Any] = {
                       "metricsFrom": [{"namespaceSelector": {"matchLabels": {
                           "kubernetes.io/metadata.name": "monitoring"}}}]},
     "flowControl": {"enabled": True, "nominalConcurrencyShares": 5, "borrowingLimitPercent": 0},
+    "replicaCount": 3,
+    "leaderElection": {"enabled": True, "leaseName": "kms-leader", "leaseDurationSeconds": 30},
+    "keySwitch": {"windowSeconds": 150},
 }
 
 DEFAULT_KINDS = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "FlowSchema",
-                 "PriorityLevelConfiguration", "Role", "RoleBinding", "Service", "ServiceAccount"]
+                 "PodDisruptionBudget", "PriorityLevelConfiguration", "Role", "RoleBinding", "Service",
+                 "ServiceAccount"]
 ALL_FEATURES_KINDS = sorted([*DEFAULT_KINDS, "NetworkPolicy", "ServiceMonitor"])
 
 
@@ -138,12 +142,19 @@ def test_all_features_objects(full_objects: list[dict[str, Any]]) -> None:
     assert env["AKS_KMS_LRO_POLLING_INTERVAL"] == "10" and env["AKS_KMS_HTTP_TIMEOUT"] == "30"
     assert env["AKS_KMS_RETRY_TOTAL"] == "5" and "AKS_KMS_NAMESPACE" in env
     assert container["args"][1] == "--liveness=http://0.0.0.0:9080/healthz" and "--verbose" in container["args"]
+    assert deploy["spec"]["replicas"] == 3
+    assert env["AKS_KMS_LEASE_NAME"] == "kms-leader" and env["AKS_KMS_LEASE_DURATION_SECONDS"] == "30"
+    assert env["AKS_KMS_KEY_SWITCH_WINDOW_SECONDS"] == "150"
+    lease_rule = next(r for r in by_kind(full_objects, "Role")["rules"] if r.get("resourceNames") == ["kms-leader"])
+    assert lease_rule["apiGroups"] == ["coordination.k8s.io"] and lease_rule["verbs"] == ["get", "update"]
 
 
 def test_deployment_is_hardened(default_objects: list[dict[str, Any]]) -> None:
     deploy = by_kind(default_objects, "Deployment")
     spec = deploy["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # two replicas, one acting (leader election); rolled, since a new pod starts as a standby
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]
     assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -159,6 +170,14 @@ def test_deployment_is_hardened(default_objects: list[dict[str, Any]]) -> None:
     assert pod["spec"]["volumes"][0]["emptyDir"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"healthz": 8080, "metrics": 8081}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # the lease holder identity
+    assert env["AKS_KMS_LEADER_ELECTION"]["value"] == "true"
+    assert env["AKS_KMS_LEASE_NAME"]["value"] == "aks-kms-operator"
+    assert env["AKS_KMS_LEASE_DURATION_SECONDS"]["value"] == "15"
+    assert env["AKS_KMS_KEY_SWITCH_WINDOW_SECONDS"]["value"] == "90"
+    pdb = by_kind(default_objects, "PodDisruptionBudget")["spec"]
+    assert pdb == {"maxUnavailable": 1, "selector": spec["selector"]}
     # no workload identity client ID by default: the ServiceAccount has no annotation yet
     assert "annotations" not in by_kind(default_objects, "ServiceAccount")["metadata"]
 
@@ -169,6 +188,10 @@ def test_deployment_is_hardened(default_objects: list[dict[str, Any]]) -> None:
     ({"workloadIdentity": {"clientId": "not-a-guid"}}, "clientId"),
     ({"image": {"digest": "latest"}}, "digest"),
     ({"replicas": 2}, "replicas"),
+    ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "leaderElection"),
+    ({"replicaCount": 0}, "replicaCount"),
+    ({"leaderElection": {"leaseDurationSeconds": 2}}, "leaseDurationSeconds"),
+    ({"keySwitch": {"windowSeconds": "90s"}}, "windowSeconds"),
     ({"flowControl": {"matchingPrecedence": 9500}}, "matchingPrecedence"),
     ({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}, "metrics"),
     ({"serviceAccount": {"create": False}}, "name"),
@@ -297,6 +320,9 @@ EXPECTED_OWN_NAMESPACE_RULES = EXPECTED_CLUSTER_RULES | {
     ("", "secrets", CANARY, "patch"),
     ("", "secrets", CANARY, "delete"),
     ("", "events", "*", "create"),
+    ("coordination.k8s.io", "leases", "*", "create"),
+    ("coordination.k8s.io", "leases", "aks-kms-operator", "get"),
+    ("coordination.k8s.io", "leases", "aks-kms-operator", "update"),
 }
 
 
@@ -379,6 +405,8 @@ def test_exactly_these_rules_in_any_other_namespace(cluster, operator_sa, baseli
     ("update", "clusterencryptionpolicies.aks-kms.dev/status", ""),
     ("list", "customresourcedefinitions.apiextensions.k8s.io", ""), ("list", "clusterkopfpeerings.kopf.dev", ""),
     ("list", "configmaps", OTHER_NS), ("list", "pods", OTHER_NS),
+    ("update", "leases.coordination.k8s.io/someone-elses", NS), ("delete", "leases.coordination.k8s.io", NS),
+    ("list", "leases.coordination.k8s.io", NS), ("create", "leases.coordination.k8s.io", OTHER_NS),
 ])
 def test_everything_else_is_forbidden(cluster, operator_sa, verb: str, resource: str, namespace: str) -> None:
     args = ["auth", "can-i", verb, resource] + (["-n", namespace] if namespace else [])
@@ -469,28 +497,14 @@ def test_policy_and_status_and_event_calls_succeed(cluster: ControlPlane, sa_cli
         cluster.request("DELETE", f"{POLICIES}/{name}")
 
 
-def hide_kube_clients(tmp_path: Path) -> Path:
-    """Make the operator process start as in the image, where no Kubernetes client library is installed.
-
-    With the official ``kubernetes`` package importable (a developer venv may have it), kopf logs in
-    through it, and that login has no notion of a current namespace: kopf would post Events about
-    cluster-scoped objects to ``default`` instead of the operator's own namespace. The image
-    (runtime dependencies only) has none of these packages, so kopf uses its own service-account
-    login, which reads the namespace file.
-    """
-    shadow = tmp_path / "no-kube-clients"
-    for module in ("kubernetes", "kubernetes_asyncio", "pykube"):
-        (shadow / module).mkdir(parents=True, exist_ok=True)
-        (shadow / module / "__init__.py").write_text(f"raise ImportError('{module} is not in the operator image')\n")
-    return shadow
-
-
 def test_the_real_operator_runs_under_the_chart_rbac(cluster: ControlPlane, operator_sa: Path,
                                                      tmp_path: Path) -> None:
-    """kopf's own calls (watch, finalizer and annotation patches, status patches) under the SA token.
+    """kopf's own calls (watch, finalizer and annotation patches, status patches) and the leader
+    election Lease under the SA token.
 
     The kubeconfig's context namespace plays the part of the in-cluster namespace file, which is
-    where kopf posts Events about cluster-scoped objects.
+    where kopf posts Events about cluster-scoped objects (the operator's login hands kopf that
+    namespace, whichever loader found the credentials).
     """
     config = yaml.safe_load(operator_sa.read_text())
     config["contexts"][0]["context"]["namespace"] = NS
@@ -499,8 +513,7 @@ def test_the_real_operator_runs_under_the_chart_rbac(cluster: ControlPlane, oper
     port = free_port()
     log = tmp_path / "operator.log"
     name = "chart-operator"
-    pythonpath = [str(hide_kube_clients(tmp_path)), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": os.pathsep.join(filter(None, pythonpath))}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": "chart-operator-0"}
     script = Path(sys.executable).parent / "aks-kms-operator"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(script), "run", f"--liveness=http://127.0.0.1:{port}/healthz",
@@ -519,6 +532,8 @@ def test_the_real_operator_runs_under_the_chart_rbac(cluster: ControlPlane, oper
 
         try:
             wait_for(handled, timeout=60, what=f"the operator to handle {name} under the chart's RBAC")
+            code, lease = cluster.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{RELEASE}")
+            assert code == 200 and lease["spec"]["holderIdentity"] == "chart-operator-0", lease
         except AssertionError as err:
             raise AssertionError(f"{err}\n--- operator log (tail) ---\n{log.read_text()[-4000:]}") from None
         proc.send_signal(signal.SIGTERM)

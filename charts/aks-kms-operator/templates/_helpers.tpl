@@ -46,3 +46,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository $tag }}
 {{- end }}
 {{- end }}
+
+{{/* The Lease the replicas elect a leader with (coordination.k8s.io/v1, release namespace). */}}
+{{- define "aks-kms-operator.leaseName" -}}
+{{- default (include "aks-kms-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
