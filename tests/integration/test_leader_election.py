@@ -21,18 +21,21 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from aks_kms_lab.controlplane import free_port
 from aks_kms_lab.encryption import provider_name
 from aks_kms_lab.seed import seed
 from aks_kms_lab.world import OPERATOR_NAMESPACE
@@ -68,12 +71,20 @@ class Replica:
         self.name = name
         self.log = aks.root / f"operator-{name}.log"
         self.killed_at: dt.datetime | None = None
+        self.healthz = f"http://127.0.0.1:{free_port()}/healthz"
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([str(SCRIPT), "run", "--liveness=", "--log-format=text"],
+            self.proc = subprocess.Popen([str(SCRIPT), "run", f"--liveness={self.healthz}", "--log-format=text"],
                                          stdout=out, stderr=subprocess.STDOUT, env={**aks.env, "POD_NAME": name})
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def liveness(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(self.healthz, timeout=5) as r:
+                return json.loads(r.read()) if r.status == 200 else None
+        except OSError:
+            return None
 
     def lines(self) -> list[tuple[dt.datetime, str, str]]:
         return [(stamp(m[1]), m[2], m[3]) for m in map(LOG_LINE.match, self.text().splitlines()) if m]
@@ -158,6 +169,9 @@ def test_one_replica_acts_and_the_standby_finishes_after_kill_9(aks: AksEnv, rep
     standby_name = "op-b" if leader_name == "op-a" else "op-a"
     leader, standby = replicas[leader_name], replicas[standby_name]
     wait_for(lambda: "standing by" in standby.text(), timeout=30, what=f"{standby_name} standing by")
+    # both answer the liveness probe, or the kubelet would restart the standby again and again
+    assert standby.liveness() == {"leader": False, "standby": True}
+    assert wait_for(leader.liveness, timeout=30, what="the leader's liveness")["leader"] == leader_name
 
     v1 = aks.world.key_versions[0]
     aks.apply_policy(aks.world.policy(NAME, key_id=v1, rewrite={"concurrency": 1, "maxWritesPerSecond": 5}))
