@@ -25,7 +25,8 @@ from ..support import wait_for
 SCRIPT = Path(sys.executable).parent / "aks-kms-operator"
 SECRETS = 200
 NAMESPACES = 4
-APISERVERS = 2  # AKS runs several kube-apiserver replicas behind a load balancer; so does every e2e lab
+# AKS runs several kube-apiserver replicas behind a load balancer; so does every e2e lab (override to compare).
+APISERVERS = int(os.environ.get("AKS_KMS_E2E_APISERVERS", "2"))
 REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
 
 
