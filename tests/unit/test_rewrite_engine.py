@@ -130,3 +130,21 @@ def test_pause_saves_checkpoint_and_resume_skips_finished_namespaces() -> None:
     result, _ = run_engine(api, checkpoint=store, options=RewriteOptions(concurrency=2, page_size=5))
     assert result.completed and result.resumed and result.counters.seen == 12
     assert sorted(api.writes) == [f"s{i}{j}" for i in (2, 3) for j in range(3)]
+
+
+def test_run_ends_when_the_last_namespace_ends_as_the_checkpoint_loop_is_stopped() -> None:
+    """Regression: with a rate cap the last namespace finished just as run() cancelled the checkpoint
+    loop; asyncio.wait_for (Python 3.11) swallowed that cancellation and run() never returned."""
+    api = FakeApi({f"ns{i}": [f"s{i}{j}" for j in range(5)] for i in range(4)})
+
+    async def main() -> bool:
+        engine = RewriteEngine(api, "key", checkpoint=MemoryStore(),  # type: ignore[arg-type]
+                               options=RewriteOptions(concurrency=1, max_writes_per_second=10,
+                                                      checkpoint_interval=1))
+        task = asyncio.ensure_future(engine.run())
+        await asyncio.wait({task}, timeout=30)  # does not cancel: a hung run stays hung
+        ended = task.done()
+        task.cancel()
+        return ended and task.result().completed
+
+    assert asyncio.run(main()), "RewriteEngine.run() did not return"

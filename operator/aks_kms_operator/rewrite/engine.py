@@ -480,9 +480,15 @@ class RewriteEngine:
         interval = max(0.05, self.options.checkpoint_interval)
         last_key: tuple[Any, ...] = ()
         while True:
-            # wake at a namespace end or after ``interval``; never save more often than ``interval``
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.tracker.finished.wait(), timeout=interval)
+            # Wake at a namespace end or after ``interval``; never save more often than ``interval``.
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as the event
+            # fires (the last namespace ends just as run() cancels this task), and run() then waited for
+            # this loop forever.
+            waiter = asyncio.ensure_future(self.tracker.finished.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=interval)
+            finally:
+                waiter.cancel()
             self.tracker.finished.clear()
             snap = self._snapshot()
             key = (snap.last_namespace, snap.current_namespace, snap.counters.done, snap.counters.seen)
