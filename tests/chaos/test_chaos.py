@@ -67,6 +67,9 @@ STEP_TIMEOUT = 420.0
 CLUSTER_PATH = r"/managedClusters/[^/]+$"
 REPORT = Path(os.environ.get("CHAOS_REPORT") or REPO / ".cache" / "chaos" / "report.json")
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+# Another operator source root (e.g. a `git worktree` of an older commit's operator/): shows what the
+# suite would have caught there.
+OPERATOR_SRC = os.environ.get("CHAOS_OPERATOR_SRC", "")
 
 
 class ChaosLab:
@@ -91,6 +94,8 @@ class ChaosLab:
 
     def start_operator(self, name: str = "operator-a") -> None:
         env = {**os.environ, **lab.read_env(self.root), "POD_NAME": name}
+        if OPERATOR_SRC:  # play the schedule against another version of the operator
+            env["PYTHONPATH"] = OPERATOR_SRC
         with open(self.root / f"{name}.log", "ab") as out:
             self.operators[name] = subprocess.Popen(
                 [str(SCRIPT), "run", "--liveness=", "--log-format=plain"],
