@@ -59,6 +59,7 @@ def _step(runtime: LabRuntime, key: str, timeout: float) -> dict[str, Any]:
             return {"key": key, "ready": False, "seconds": round(time.monotonic() - t0, 1)}
         time.sleep(0.5)
     seconds = time.monotonic() - t0
+    runtime.fake.wait_idle(300)
     runtime.kms.wait_settled(300)  # a lagging last replica may still be rolling: count after it has
     env = lab.read_env(runtime.paths.root)
     report = verify_etcd(env["ETCD_URL"], list(runtime.world.key_versions))

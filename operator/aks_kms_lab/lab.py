@@ -172,6 +172,7 @@ class LabRuntime:
             self.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
             _wait(lambda: self.cp.request("GET", "/apis/aks-kms.dev/v1alpha1")[0] == 200, 60, "CRD served")
             self.fake = FakeAzure(p.azure).start()
+            _forget_key_vault_challenges()
             self.world = seed_azure(self.fake)
             shutil.copyfile(self.cp.kubeconfig, p.kubeconfig)
             p.kubeconfig.chmod(0o600)
@@ -217,6 +218,20 @@ class LabRuntime:
 
     def pids(self) -> list[int]:
         return self.cp.pids() if self.cp else []
+
+
+def _forget_key_vault_challenges() -> None:
+    """A new lab is a new Azure tenant behind the same vault host names: forget the old one's challenge.
+
+    azure-keyvault keeps every vault's authentication challenge (which names the tenant) in a
+    process-wide cache keyed by host. The plugins run in this process, so a second lab in one process
+    (the e2e and chaos suites start one per module or run) would ask the new fake for tokens of the
+    previous lab's tenant, and the credential refuses before sending anything: the plugin stays unhealthy
+    for good. Real vault names are global, so this cannot happen against Azure; it is the lab's to undo.
+    """
+    from azure.keyvault.keys._shared import http_challenge_cache
+
+    http_challenge_cache.clear()
 
 
 def _wait(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:

@@ -241,6 +241,7 @@ class ChaosLab:
 
     def check(self, step: Step, status: dict[str, Any], uids: dict[str, str], arm_writes: int) -> None:
         where = f"seed {self.seed}, step '{step}'"
+        self.fake.wait_idle(120)  # the roll starts only after the fake operation's own delay
         self.kms.wait_settled(120)
         env = lab.read_env(self.root)
         keys = [*self.world.key_versions, *self.world.private_key_versions]
