@@ -58,7 +58,7 @@ DEFAULT_DIR = REPO_ROOT / ".lab"
 CRD = REPO_ROOT / "manifests" / "crd" / "clusterencryptionpolicies.yaml"
 POLICIES = "/apis/aks-kms.dev/v1alpha1/clusterencryptionpolicies"
 READY_TIMEOUT = 120.0
-DEFAULT_APISERVERS = 2  # AKS runs several replicas behind a load balancer; see README (lab) for the cost
+DEFAULT_APISERVERS = 2  # AKS runs several replicas behind a load balancer; see docs/lab.md for the cost
 
 
 class LabError(RuntimeError):

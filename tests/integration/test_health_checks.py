@@ -45,7 +45,7 @@ def _c(ok: bool | str, reason: str, message: str = "") -> tuple[bool | str, str,
 
 CASES = [
     Case("no-status-yet", None, argocd="Progressing",
-         # kstatus treats an object without status as Current: see the README (Flux) for the CEL fix
+         # kstatus treats an object without status as Current: see docs/install.md (Flux) for the CEL fix
          flux="Current"),
     Case("accepted", "Pending", "accepted; waiting for the first reconcile",
          {st.RECONCILING: _c(True, "Pending"), st.STALLED: _c(False, "Pending")},
