@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         lab.seed_lab(root, secrets=args.secrets, namespaces=max(1, args.secrets // 100))
         env = {**os.environ, **lab.read_env(root)}
+        if args.window:  # the lab shortens the key-switch window; measure with another (e.g. the default 90 s)
+            env["AKS_KMS_KEY_SWITCH_WINDOW_SECONDS"] = str(args.window)
+            env["AKS_KMS_VERIFY_RETRY_SECONDS"] = str(args.window)
+            env["AKS_KMS_KEY_SWITCH_TIMEOUT_SECONDS"] = str(max(900.0, 4 * args.window))
         if args.operator_src:
             env["PYTHONPATH"] = str(Path(args.operator_src).resolve())
         log = open(root / "operator.log", "ab")  # noqa: SIM115
@@ -88,6 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         enable = _step(runtime, v1, args.timeout)
         rotate = _step(runtime, v2, args.timeout)
         return {"apiservers": args.apiservers, "secrets": args.secrets, "lagLastSeconds": args.lag_last,
+                "windowSeconds": args.window or float(lab.read_env(root).get("AKS_KMS_KEY_SWITCH_WINDOW_SECONDS") or 0),
                 "operatorSrc": args.operator_src or "this checkout", "enable": enable, "rotate": rotate}
     finally:
         if proc is not None:
@@ -106,6 +111,7 @@ def main() -> int:
     parser.add_argument("--roll-interval", type=float, default=1.0)
     parser.add_argument("--lag-last", type=float, default=0.0)
     parser.add_argument("--operator-src", default="")
+    parser.add_argument("--window", type=float, default=0.0, help="key-switch window in seconds (default: the lab's)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--json", default="")
     args = parser.parse_args()
