@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m benchmarks.rotation [--apiservers 3] [--secrets 2000] [--lag-last 0] [--operator-src DIR]
-                                  [--json out.json]
+    python -m benchmarks.rotation [--apiservers 3] [--secrets 2000] [--lag-last 0] [--window S]
+                                  [--operator-src DIR] [--json out.json]
 
 One lab with ``--apiservers`` kube-apiserver replicas behind the balancer (real KMS v2 plugins, the
 fake Azure), ``--secrets`` Secrets over ``--secrets/100`` namespaces, one operator process. It enables
