@@ -402,7 +402,7 @@ class Reconciler:
         async with fresh_client(self.kube) as fresh:
             engine = RewriteEngine(fresh, key, options=RewriteOptions.from_spec(obs.spec.rewrite),
                                    checkpoint=VerificationStore(self.kube, obs.name, number),
-                                   paused=await self._paused_check(obs))
+                                   paused=await self._paused_check(obs), label=f"verification pass {number}")
             result = await engine.run()
         stored = await self.kube.request("GET", f"{POLICIES}/{obs.name}")
         status = dataclasses.replace(status, verification=parse(

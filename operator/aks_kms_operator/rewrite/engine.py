@@ -216,6 +216,7 @@ class RewriteEngine:
         before_write: Callable[[SecretRef], Awaitable[None] | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        label: str = "rewrite",
     ) -> None:
         self.client = client
         self.target_key_id = target_key_id
@@ -224,6 +225,7 @@ class RewriteEngine:
         self.paused = paused
         self.namespace_filter = set(namespaces) if namespaces is not None else None
         self.before_write = before_write
+        self.label = label  # names the run in logs: "rewrite", or "verification pass 2"
         self._clock = clock
         self._sleep = sleep
         self.gate = BackoffGate(clock=clock, sleep=sleep)
@@ -240,7 +242,7 @@ class RewriteEngine:
         previous = await self.store.load() if self.store else None
         resumed = previous is not None and previous.target_key_id == self.target_key_id
         if resumed and previous is not None and previous.completed:
-            log.info("rewrite for key %s already completed at %s", self.target_key_id, previous.completed_at)
+            log.info("%s for key %s already completed at %s", self.label, self.target_key_id, previous.completed_at)
             return self._result(RunState.COMPLETED, previous, t0, 0, resumed=True)
         state = previous if resumed and previous is not None else RewriteCheckpoint(
             target_key_id=self.target_key_id, started_at=_utcnow())
@@ -258,7 +260,7 @@ class RewriteEngine:
         self.tracker = tracker
         self._run_done = 0
         self._t0 = t0
-        log.info("rewrite for key %s: %d namespaces to do of %d (resumed: %s)", self.target_key_id, len(todo),
+        log.info("%s for key %s: %d namespaces to do of %d (resumed: %s)", self.label, self.target_key_id, len(todo),
                  len(all_namespaces), resumed)
 
         queue: asyncio.Queue[tuple[SecretRef, RewriteCounters] | None] = asyncio.Queue(
@@ -300,7 +302,7 @@ class RewriteEngine:
             state.completed_at = _utcnow()
         await self._save(state, force=True)
         result = self._result(run_state, state, t0, self._run_done, resumed=resumed)
-        log.info("rewrite %s: %s", run_state.value, result.counters)
+        log.info("%s %s: %s", self.label, run_state.value, result.counters)
         return result
 
     def _result(self, run_state: RunState, state: RewriteCheckpoint, t0: float, done: int, *,
