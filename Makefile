@@ -66,13 +66,13 @@ test-e2e: setup
 
 # make test includes one short fixed chaos schedule (tests/chaos, CHAOS_* defaults in its conftest).
 test: setup lint
-	rm -f .cache/chaos/report.json
+	rm -f $${CHAOS_REPORT:-.cache/chaos/report.json}
 	$(PYTEST) tests/unit tests/integration tests/e2e tests/chaos -q
 	$(PY) -m tests.chaos.report
 
 # Longer chaos: RUNS seeded schedules of STEPS changes each, starting at SEED; prints the report.
 chaos: setup
-	rm -f .cache/chaos/report.json
+	rm -f $${CHAOS_REPORT:-.cache/chaos/report.json}
 	CHAOS_RUNS=$(RUNS) CHAOS_SEED=$(SEED) CHAOS_STEPS=$(STEPS) $(PYTEST) tests/chaos -q -p no:cacheprovider; rc=$$?; $(PY) -m tests.chaos.report; exit $$rc
 
 demo: setup
