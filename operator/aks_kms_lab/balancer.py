@@ -6,7 +6,12 @@ its properties matter to anything that re-encrypts Secrets, and this balancer re
 * it is a plain TCP pass-through: TLS ends at the replica, so a client cannot tell replicas apart
   except by connecting again;
 * a connection is pinned to the replica it was first sent to for its whole life; only *new*
-  connections are spread (round-robin here) over the replicas that accept connections.
+  connections are spread over the replicas that accept connections, by a hash of the client's address
+  and port, as Azure Load Balancer hashes the 5-tuple (``distribution="hash"``, the default).
+  ``distribution="round-robin"`` is there for tests that need a fixed order. Round-robin is not
+  the default because it aliases: a client that opens a connection every half second, next to another
+  one doing the same, would always meet the same replica, and a lab that spreads more evenly than
+  Azure would make probes look more conclusive than they are.
 
 So a client that keeps one HTTP connection alive talks to one replica only, however many requests it
 sends. That is what lets a replica that has not reloaded its encryption configuration answer every
@@ -21,6 +26,7 @@ them all, so nothing is left behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 import threading
 from collections.abc import Sequence
@@ -52,8 +58,11 @@ class TcpBalancer:
     """Round-robin TCP pass-through from ``127.0.0.1:port`` to ``backends`` (host, port)."""
 
     def __init__(self, backends: Sequence[tuple[str, int]], *, port: int = 0, host: str = "127.0.0.1",
-                 connect_timeout: float = 2.0) -> None:
+                 connect_timeout: float = 2.0, distribution: str = "hash") -> None:
+        if distribution not in ("hash", "round-robin"):
+            raise ValueError(f"distribution must be 'hash' or 'round-robin', not {distribution!r}")
         self.backends = list(backends)
+        self.distribution = distribution
         self.host = host
         self._requested_port = port
         self.connect_timeout = connect_timeout
@@ -128,12 +137,16 @@ class TcpBalancer:
         with self._lock:
             return self._in_rotation[index]
 
-    def _candidates(self) -> list[int]:
-        """Replicas in rotation, starting with the next one in round-robin order."""
+    def _candidates(self, peer: tuple[str, int]) -> list[int]:
+        """Replicas in rotation, starting with the one the distribution picks for this client."""
         with self._lock:
             n = len(self.backends)
-            start = self._next
-            self._next = (self._next + 1) % n
+            if self.distribution == "hash":
+                digest = hashlib.sha256(f"{peer[0]}:{peer[1]}:{self.port}".encode()).digest()
+                start = int.from_bytes(digest[:8], "big") % n
+            else:
+                start = self._next
+                self._next = (self._next + 1) % n
             return [(start + k) % n for k in range(n) if self._in_rotation[(start + k) % n]]
 
     # ------------------------------------------------------------------ serving
@@ -142,7 +155,7 @@ class TcpBalancer:
         assert self._listener is not None
         while not self._stopping.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, peer = self._listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -150,10 +163,10 @@ class TcpBalancer:
                     return
                 continue
             client.settimeout(None)
-            self._connect(client)
+            self._connect(client, peer)
 
-    def _connect(self, client: socket.socket) -> None:
-        for index in self._candidates():
+    def _connect(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        for index in self._candidates(peer):
             try:
                 backend = socket.create_connection(self.backends[index], timeout=self.connect_timeout)
             except OSError:
@@ -167,7 +180,8 @@ class TcpBalancer:
                     break
                 self.stats[index].accepted += 1
                 self.stats[index].active += 1
-                self._next = (index + 1) % len(self.backends)  # past a refusing replica: keep the spread even
+                if self.distribution == "round-robin":  # past a refusing replica: keep the spread even
+                    self._next = (index + 1) % len(self.backends)
                 self._pair_objs[id(pair)] = pair
             pair.threads = [
                 threading.Thread(target=self._pump, args=(pair, client, backend), daemon=True,

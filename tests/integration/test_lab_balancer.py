@@ -68,7 +68,8 @@ def hello(port: int) -> tuple[socket.socket, str]:
 
 def test_round_robin_pinning_rotation_and_refused_backends(backends: list[NamedEcho]) -> None:
     dead = free_port()  # nothing listens there
-    lb = TcpBalancer([("127.0.0.1", b.port) for b in backends[:2]] + [("127.0.0.1", dead)]).start()
+    lb = TcpBalancer([("127.0.0.1", b.port) for b in backends[:2]] + [("127.0.0.1", dead)],
+                     distribution="round-robin").start()
     try:
         names = []
         for _ in range(4):
@@ -108,7 +109,7 @@ def test_round_robin_pinning_rotation_and_refused_backends(backends: list[NamedE
 
 
 def test_a_backend_that_stops_listening_gets_no_new_connections(backends: list[NamedEcho]) -> None:
-    lb = TcpBalancer([("127.0.0.1", b.port) for b in backends[:2]]).start()
+    lb = TcpBalancer([("127.0.0.1", b.port) for b in backends[:2]], distribution="round-robin").start()
     try:
         a, name_a = hello(lb.port)
         b, name_b = hello(lb.port)
@@ -134,5 +135,21 @@ def test_no_backend_accepting_resets_the_client() -> None:
         conn = socket.create_connection(("127.0.0.1", lb.port), timeout=5)
         assert conn.recv(8) == b""  # closed at once: nothing to talk to
         conn.close()
+    finally:
+        lb.stop()
+
+
+def test_hash_distribution_spreads_like_azure_and_does_not_alias(backends: list[NamedEcho]) -> None:
+    """The default picks a backend from the client's address and port (Azure hashes the 5-tuple): over
+    many connections both backends get a fair share, and every other connection is not always the same
+    one (strict round-robin would give a client that alternates with another one a single backend)."""
+    lb = TcpBalancer([("127.0.0.1", b.port) for b in backends[:2]]).start()
+    try:
+        names = []
+        for _ in range(120):
+            with socket.create_connection(("127.0.0.1", lb.port)) as conn:
+                names.append(conn.recv(8).strip().decode())
+        assert 30 <= names.count("b0") <= 90, names  # binomial(120, 1/2): 5 standard deviations
+        assert {names[i] for i in range(0, 120, 2)} == {"b0", "b1"}  # even-numbered ones are not aliased
     finally:
         lb.stop()

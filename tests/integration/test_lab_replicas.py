@@ -15,7 +15,6 @@ What issue 9 needs the test bed to show, each against the real kube-apiserver an
 from __future__ import annotations
 
 import http.client
-import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -73,14 +72,13 @@ def test_balancer_spreads_new_connections_and_pins_a_kept_alive_one(cp2: Control
     pinned = replica_of(kept)
 
     fresh = []
-    for _ in range(6):
+    for _ in range(16):
         conn = connect(cp2)
         assert get(conn) == 200
         fresh.append(replica_of(conn))
         conn.close()
         assert get(kept) == 200 and replica_of(kept) == pinned  # still the same connection, same replica
-    assert set(fresh) == {"kube-apiserver-0", "kube-apiserver-1"}
-    assert all(a != b for a, b in itertools.pairwise(fresh))  # round-robin: they alternate
+    assert set(fresh) == {"kube-apiserver-0", "kube-apiserver-1"}  # new connections are spread (by hash)
 
     # The kept-alive connection lives and dies with its replica; new connections go to the other one.
     index = int(pinned.rsplit("-", 1)[1])

@@ -38,6 +38,9 @@ def aks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AksEnv]:
     try:
         os.environ["KUBECONFIG"] = str(env.cp.kubeconfig)
         env.env["AKS_KMS_LEADER_ELECTION"] = "false"  # one operator; rolls must not cost its leadership
+        # ~15 probes in the 3 s window: the chance that hash-spread probes all miss one of two replicas
+        # is 2^-15, so the test can insist that they met the lagging one.
+        env.env["AKS_KMS_KEY_SWITCH_INTERVAL_SECONDS"] = "0.2"
         asyncio.run(seed(Credentials.login(), SECRETS, NAMESPACES))
         env.start_operator()
         env.apply_policy(env.world.policy(NAME, key_id=env.world.key_versions[0]))
