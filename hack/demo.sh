@@ -122,7 +122,7 @@ step "clean: lab down"
 "$CLI" lab down --dir "$LAB_DIR"
 done_step
 
-step "lab up (etcd, kube-apiserver with KMS v2 plugins, fake Azure)"
+step "lab up (etcd, 2 kube-apiserver replicas behind a balancer, KMS v2 plugins, fake Azure)"
 "$CLI" lab up --dir "$LAB_DIR" >/dev/null
 "$CLI" lab status --dir "$LAB_DIR"
 done_step
