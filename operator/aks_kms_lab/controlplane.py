@@ -416,19 +416,18 @@ class ControlPlane:
         for index in range(self.apiservers):
             self.restart_replica(index, encryption_config)
 
-    def replica_ready(self, index: int) -> bool:
+    def _replica_ok(self, index: int, path: str) -> bool:
         try:
-            status, _ = self.request("GET", "/readyz", timeout=3, server=self.replica_servers[index])
+            status, _ = self.request("GET", path, timeout=3, server=self.replica_servers[index])
         except OSError:
             return False
         return status == 200
 
+    def replica_ready(self, index: int) -> bool:
+        return self._replica_ok(index, "/readyz")
+
     def replica_live(self, index: int) -> bool:
-        try:
-            status, _ = self.request("GET", "/livez", timeout=3, server=self.replica_servers[index])
-        except OSError:
-            return False
-        return status == 200
+        return self._replica_ok(index, "/livez")
 
     def readyz_failures(self, index: int) -> str:
         """The failing /readyz checks of one replica (names only), for messages."""
