@@ -1,4 +1,9 @@
-"""``aks-kms-operator lab up|down|status|seed|verify``: the local AKS-in-a-box (see ``lab.py``)."""
+"""aks-kms-operator lab up|down|status|seed|verify: the local AKS-in-a-box (see lab.py).
+
+A real etcd and kube-apiserver replicas behind a TCP balancer, a fake Azure (ARM, Entra ID, Key Vault)
+over HTTPS and real KMS v2 plugins, all on 127.0.0.1. Help texts are plain text (argparse prints
+them as they are), each with an example: tests/unit/test_cli_help.py checks both.
+"""
 
 from __future__ import annotations
 
@@ -85,12 +90,38 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+LAB_DESCRIPTION = """\
+The local AKS-in-a-box: real etcd and kube-apiserver replicas behind a TCP balancer, a fake Azure
+(ARM, Entra ID, Key Vault) over HTTPS and real KMS v2 plugins, all on 127.0.0.1."""
+
+EXAMPLES = {
+    "lab": "example:\n  aks-kms-operator lab up && aks-kms-operator lab seed --secrets 200\n"
+           "  aks-kms-operator lab verify && aks-kms-operator lab down",
+    "up": "example:\n  aks-kms-operator lab up --apiservers 3 --roll-interval 5",
+    "down": "example:\n  aks-kms-operator lab down",
+    "status": "example:\n  aks-kms-operator lab status --json",
+    "seed": "example:\n  aks-kms-operator lab seed --secrets 500 --namespaces 5",
+    "verify": "example:\n  aks-kms-operator lab verify --expect identity --no-content",
+}
+
+
+def _sub(sub: argparse._SubParsersAction, name: str, help_text: str,  # type: ignore[type-arg]
+         **kwargs: object) -> argparse.ArgumentParser:
+    """A subcommand whose help is plain text with an example (RawDescriptionHelpFormatter keeps the layout)."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text,
+                                                     epilog=EXAMPLES.get(name),
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                                     **kwargs)  # type: ignore[arg-type]
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aks-kms-operator lab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="aks-kms-operator lab", description=LAB_DESCRIPTION,
+                                     epilog=EXAMPLES["lab"], formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", type=Path, default=lab.DEFAULT_DIR, help="lab directory (default: <repo>/.lab)")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("up", parents=[common], help="start the lab (detached) and wait until it is ready")
+    p = _sub(sub, "up", parents=[common], help_text="start the lab (detached) and wait until it is ready")
     p.add_argument("--timeout", type=float, default=lab.READY_TIMEOUT)
     p.add_argument("--apiservers", type=int, default=lab.DEFAULT_APISERVERS,
                    help=f"kube-apiserver replicas behind the TCP balancer (default {lab.DEFAULT_APISERVERS})")
@@ -99,16 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lag-last", type=float, default=None, metavar="S",
                    help="finish the ARM operation before the last replica is rolled, and roll it S seconds later")
     p.set_defaults(func=_up)
-    sub.add_parser("down", parents=[common], help="stop the lab and remove its directory").set_defaults(func=_down)
-    p = sub.add_parser("status", parents=[common], help="is the lab running; ports, kubeconfig, KMS slots")
+    _sub(sub, "down", parents=[common], help_text="stop the lab and remove its directory").set_defaults(func=_down)
+    p = _sub(sub, "status", parents=[common], help_text="is the lab running; ports, kubeconfig, KMS slots")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
-    p = sub.add_parser("seed", parents=[common], help="create Secrets (content digests go to seed.json)")
+    p = _sub(sub, "seed", parents=[common], help_text="create Secrets (content digests go to seed.json)")
     p.add_argument("--secrets", type=int, default=2000)
     p.add_argument("--namespaces", type=int, default=20)
     p.add_argument("--prefix", default="team")
     p.set_defaults(func=_seed)
-    p = sub.add_parser("verify", parents=[common], help="which key encrypted every Secret in etcd; content check")
+    p = _sub(sub, "verify", parents=[common], help_text="which key encrypted every Secret in etcd; content check")
     p.add_argument("--json", action="store_true")
     p.add_argument("--expect", help="key URL or 'identity' (default: encryptedWith of ClusterEncryptionPolicy "
                                     "'default', if reported)")
