@@ -161,6 +161,23 @@ class Vault:
 
 
 @dataclass
+class ResourceGroup:
+    subscription_id: str
+    name: str
+    location: str
+
+    def arm(self) -> dict[str, Any]:
+        return {
+            "id": f"/subscriptions/{self.subscription_id}/resourceGroups/{self.name}",
+            "name": self.name,
+            "type": "Microsoft.Resources/resourceGroups",
+            "location": self.location,
+            "tags": {},
+            "properties": {"provisioningState": "Succeeded"},
+        }
+
+
+@dataclass
 class Identity:
     resource_id: str
     principal_id: str
@@ -190,6 +207,7 @@ class RoleAssignment:
     scope: str
     role: RoleDefinition
     subscription_id: str
+    principal_type: str = "ServicePrincipal"
 
     def arm(self) -> dict[str, Any]:
         scope = self.scope.rstrip("/")
@@ -200,7 +218,7 @@ class RoleAssignment:
             "properties": {
                 "roleDefinitionId": role_definition_id(self.subscription_id, self.role.guid),
                 "principalId": self.principal_id,
-                "principalType": "ServicePrincipal",
+                "principalType": self.principal_type,
                 "scope": self.scope,
             },
         }
@@ -293,8 +311,20 @@ class FakeState:
         self.tokens: dict[str, Token] = {}
         self.clients: dict[str, tuple[str, str | None]] = {}  # client id -> (principal id, secret)
         self.lro = LroSettings()
+        # Subscriptions and resource groups come into being with the first resource seeded in them
+        # (``ensure_group``), so ``az login`` lists the subscription and ``az group show`` finds the group.
+        self.subscriptions: dict[str, str] = {}  # lower-case id -> id as written
+        self.groups: dict[str, ResourceGroup] = {}  # "sub/rg" lower-case -> group
 
     # ---------------------------------------------------------------- lookups
+
+    def ensure_group(self, subscription_id: str, name: str, location: str = "westeurope") -> ResourceGroup:
+        """The resource group (and its subscription), created on first use."""
+        self.subscriptions.setdefault(subscription_id.lower(), subscription_id)
+        key = f"{subscription_id}/{name}".lower()
+        if key not in self.groups:
+            self.groups[key] = ResourceGroup(subscription_id, name, location)
+        return self.groups[key]
 
     def identity_by_principal(self, principal_id: str) -> Identity | None:
         return next((i for i in self.identities.values() if i.principal_id == principal_id), None)
