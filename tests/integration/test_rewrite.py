@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -286,8 +291,10 @@ def test_resume_skips_finished_namespaces(lab: Lab) -> None:
     lab.cp.apply(policy)
     lab.switch_key()
     options = RewriteOptions(concurrency=4, page_size=2, checkpoint_interval=0.05)
+    # the first run asks the predicate before every page (interval 0) and lists little ahead
+    stepwise = dataclasses.replace(options, list_concurrency=1, pause_check_interval=0, queue_size=2)
 
-    # first run: pause once two namespaces are listed (the predicate runs before every page)
+    # first run: pause once two namespaces are written (the predicate runs before every page)
     async def first() -> Any:
         async with client(lab, rec1) as c:
             store = PolicyStatusStore(c, "rewrite-resume")
@@ -295,7 +302,7 @@ def test_resume_skips_finished_namespaces(lab: Lab) -> None:
             def paused() -> bool:
                 return sum(1 for ns in namespaces if rec1.patches[ns] == 4) >= 2
 
-            return await RewriteEngine(c, lab.write_key, options=options, namespaces=namespaces,
+            return await RewriteEngine(c, lab.write_key, options=stepwise, namespaces=namespaces,
                                        checkpoint=store, paused=paused).run()
 
     rec1 = Recorder()
@@ -382,6 +389,85 @@ def test_resume_after_cancellation(lab: Lab) -> None:
     assert rec2.patches == Counter({"rw-cancel-2": 3, "rw-cancel-3": 3})
     assert {lab.etcd_prefix(ns, f"s-{i:04d}") for ns in namespaces for i in range(3)} == {
         f"k8s:enc:aescbc:v1:{lab.write_key}:"}
+
+
+KILL_NAMESPACES = 40
+KILL_SECRETS = 3
+ENGINE_CHILD = """
+import asyncio, sys
+from aks_kms_operator.kube import Credentials, KubeClient
+from aks_kms_operator.rewrite import PolicyStatusStore, RewriteEngine, RewriteOptions
+
+async def main() -> None:
+    key, policy, namespaces = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    async with KubeClient(Credentials.login()) as c:
+        options = RewriteOptions(concurrency=4, list_concurrency=3, max_writes_per_second=40,
+                                 checkpoint_interval=0.1)
+        await RewriteEngine(c, key, options=options, namespaces=namespaces,
+                            checkpoint=PolicyStatusStore(c, policy)).run()
+
+asyncio.run(main())
+"""
+
+
+def test_kill_9_mid_run_and_resume_reencrypt_every_secret_of_many_small_namespaces(lab: Lab) -> None:
+    """The engine in its own process, pipelined over 40 namespaces of 3 Secrets, is killed with
+    SIGKILL mid-run. Every namespace up to the saved ``lastNamespace`` is already entirely under the
+    new key (the checkpoint is a prefix of finished namespaces), and a resumed run writes exactly the
+    namespaces after it, leaving every Secret under the new key."""
+    namespaces = [f"rw-kill-{i:02d}" for i in range(KILL_NAMESPACES)]
+
+    async def create_all() -> None:
+        sem = asyncio.Semaphore(8)
+
+        async def one(ns: str) -> None:
+            async with sem:
+                await create_namespace_with_secrets(lab, ns, KILL_SECRETS, rich=False)
+
+        await asyncio.gather(*(one(ns) for ns in namespaces))
+
+    run(create_all())
+    policy = yaml.safe_load((REPO / "manifests" / "examples" / "enable-public.yaml").read_text())
+    policy["metadata"]["name"] = "rewrite-kill"
+    lab.cp.apply(policy)
+    new_key = lab.switch_key()
+    names = [f"s-{i:04d}" for i in range(KILL_SECRETS)]
+    policy_path = "/apis/aks-kms.dev/v1alpha1/clusterencryptionpolicies/rewrite-kill"
+
+    def saved() -> dict[str, Any]:
+        return (lab.cp.request("GET", policy_path)[1].get("status") or {}).get("rewrite") or {}
+
+    child = subprocess.Popen([sys.executable, "-c", ENGINE_CHILD, new_key, "rewrite-kill", ",".join(namespaces)],
+                             env={**os.environ, "KUBECONFIG": str(lab.cp.kubeconfig)}, cwd=REPO)
+    try:
+        # 120 writes at 40/s take about 3 s: kill once a third of the namespaces are checkpointed
+        wait_for(lambda: int(saved().get("namespacesDone") or 0) >= KILL_NAMESPACES // 3 or child.poll() is not None,
+                 timeout=60, what="a third of the namespaces checkpointed")
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    at_kill = saved()
+    assert not at_kill.get("completedAt"), "the run ended before the kill: nothing was tested"
+    finished = [ns for ns in namespaces if ns <= at_kill["lastNamespace"]]
+    assert KILL_NAMESPACES // 3 <= len(finished) < KILL_NAMESPACES, at_kill
+    assert at_kill["namespacesDone"] == len(finished)
+    stale_in_prefix = [f"{ns}/{n}" for ns in finished for n in names
+                       if lab.etcd_prefix(ns, n) != f"k8s:enc:aescbc:v1:{new_key}:"]
+    assert not stale_in_prefix, "a namespace in the checkpointed prefix was not finished"
+
+    rec = Recorder()
+
+    async def resume() -> Any:
+        async with client(lab, rec) as c:
+            return await RewriteEngine(c, new_key, options=RewriteOptions(concurrency=4), namespaces=namespaces,
+                                       checkpoint=PolicyStatusStore(c, "rewrite-kill")).run()
+
+    done = run(resume())
+    assert done.completed and done.resumed and done.counters.failed == 0
+    assert not any(rec.patches[ns] for ns in finished), rec.patches
+    assert all(rec.patches[ns] == KILL_SECRETS for ns in namespaces if ns not in finished), rec.patches
+    assert {lab.etcd_prefix(ns, n) for ns in namespaces for n in names} == {f"k8s:enc:aescbc:v1:{new_key}:"}
 
 
 class ThrottlingClient(KubeClient):

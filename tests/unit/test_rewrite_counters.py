@@ -94,3 +94,44 @@ def test_watermark_stops_at_a_namespace_not_fully_listed() -> None:
         assert t.watermark == "x" and t.done == 4
 
     asyncio.run(go())
+
+
+def test_watermark_is_always_a_finished_prefix_whatever_the_order() -> None:
+    """Any interleaving of lists and write answers across namespaces (seeded shuffles): every
+    namespace at or before the watermark is listed and fully answered, and the end is the last one."""
+    import random
+
+    for seed in range(200):
+        rng = random.Random(seed)
+        namespaces = [f"ns{i:02d}" for i in range(rng.randint(1, 12))]
+        sizes = {ns: rng.randint(0, 4) for ns in namespaces}
+        t = _NamespaceTracker("", RewriteCounters(), 0)
+        for ns in namespaces:
+            t.open(ns, 20)
+        events = [("listed", ns) for ns in namespaces]
+        events += [("write", ns) for ns in namespaces for _ in range(sizes[ns])]
+        rng.shuffle(events)
+        listed: set[str] = set()
+        added = {ns: 0 for ns in namespaces}
+        answered = {ns: 0 for ns in namespaces}
+        for ns in namespaces:
+            for _ in range(sizes[ns]):
+                t.add(ns)
+                added[ns] += 1
+        for kind, ns in events:
+            if kind == "listed":
+                t.listed(ns)
+                listed.add(ns)
+            else:
+                t.finish_one(ns)
+                answered[ns] += 1
+            prefix = [n for n in namespaces if n <= t.watermark] if t.watermark else []
+            assert all(n in listed and answered[n] == added[n] for n in prefix), (seed, t.watermark)
+            assert t.done == len(prefix)
+        assert t.watermark == namespaces[-1] and len(t) == 0
+
+
+def test_namespaces_must_be_opened_in_sorted_order() -> None:
+    t = _NamespaceTracker("m", RewriteCounters(), 3)
+    with pytest.raises(ValueError, match="sorted order"):
+        t.open("a", 20)

@@ -122,8 +122,10 @@ def test_pause_saves_checkpoint_and_resume_skips_finished_namespaces() -> None:
         calls += 1
         return calls > 2  # two namespaces listed (one page each), then pause
 
+    # one lister, and the predicate asked every time (interval 0): the order of the old engine
     result, _ = run_engine(api, checkpoint=store, paused=paused,
-                           options=RewriteOptions(concurrency=2, page_size=5))
+                           options=RewriteOptions(concurrency=2, page_size=5, list_concurrency=1,
+                                                  pause_check_interval=0))
     assert result.state is RunState.PAUSED and result.last_namespace == "ns1"
     assert store.checkpoint is not None and store.checkpoint.counters.seen == 6
     api.writes.clear()
@@ -148,3 +150,88 @@ def test_run_ends_when_the_last_namespace_ends_as_the_checkpoint_loop_is_stopped
         return ended and task.result().completed
 
     assert asyncio.run(main()), "RewriteEngine.run() did not return"
+
+
+class ListGate(FakeApi):
+    """Lists of Secrets wait for ``release``; ``max_lists`` is the most ever in flight at once."""
+
+    def __init__(self, namespaces: dict[str, list[str]]) -> None:
+        super().__init__(namespaces)
+        self.in_flight = self.max_lists = 0
+        self.release = asyncio.Event()
+
+    async def list_pages(self, path: str, *, limit: int, on_error: Any = None, **kw: Any) -> AsyncIterator[dict]:
+        if path != "/api/v1/namespaces":
+            self.in_flight += 1
+            self.max_lists = max(self.max_lists, self.in_flight)
+            if self.in_flight >= 2:
+                self.release.set()
+            try:
+                await asyncio.wait_for(self.release.wait(), 1.0)  # a sequential engine waits out the timeout
+            except TimeoutError:
+                pass
+            finally:
+                self.in_flight -= 1
+        async for page in super().list_pages(path, limit=limit, on_error=on_error, **kw):
+            yield page
+
+
+def test_next_namespaces_are_listed_while_the_current_ones_are_written() -> None:
+    """Listing is not one namespace at a time: with 3 lister tasks, lists of several namespaces are in
+    flight together (the old engine listed, queued, and only then listed the next namespace)."""
+    api = ListGate({f"ns{i:02d}": [f"s{i}-{j}" for j in range(2)] for i in range(12)})
+    result, _ = run_engine(api, options=RewriteOptions(concurrency=4, list_concurrency=3))
+    assert result.completed and result.counters.reencrypted == 24
+    assert api.max_lists >= 2
+
+
+def test_pause_predicate_is_not_asked_once_per_namespace() -> None:
+    """The predicate is a GET of the policy in the operator: asked at most once per
+    ``pause_check_interval`` (fake time stands still here), not before each of 40 small namespaces."""
+    api = FakeApi({f"ns{i:02d}": [f"s{i}"] for i in range(40)})
+    calls = 0
+
+    def paused() -> bool:
+        nonlocal calls
+        calls += 1
+        return False
+
+    result, _ = run_engine(api, paused=paused, options=RewriteOptions(concurrency=4, pause_check_interval=5))
+    assert result.completed and result.counters.reencrypted == 40
+    assert calls == 1
+
+
+def test_request_pause_stops_at_a_contiguous_prefix_and_resume_writes_the_rest() -> None:
+    """``request_pause()`` (a watch event) pauses with no predicate at all; namespaces finish out of
+    order, the checkpoint is the finished prefix only, and a resume writes every Secret after it."""
+    names = {f"ns{i:02d}": [f"s{i:02d}-{j}" for j in range(3)] for i in range(20)}
+    api = FakeApi(names)
+    store = MemoryStore()
+    holder: dict[str, RewriteEngine] = {}
+
+    async def before_write(ref: Any) -> None:
+        if ref.namespace == "ns03":
+            await asyncio.sleep(0.01)  # ns03 finishes late: later namespaces finish before it
+        if ref.namespace == "ns08":
+            holder["engine"].request_pause()
+
+    async def first() -> Any:
+        engine = RewriteEngine(api, "key", checkpoint=store, before_write=before_write,  # type: ignore[arg-type]
+                               options=RewriteOptions(concurrency=4, list_concurrency=3, checkpoint_interval=0.05))
+        holder["engine"] = engine
+        return await engine.run()
+
+    paused = asyncio.run(first())
+    assert paused.state is RunState.PAUSED
+    saved = store.checkpoint
+    assert saved is not None and not saved.completed
+    finished = [ns for ns in names if ns <= saved.last_namespace]
+    assert "ns03" in finished and len(finished) == saved.namespaces_done
+    assert saved.counters.seen == 3 * len(finished)  # exact for the prefix
+    first_writes = list(api.writes)
+    api.writes.clear()
+    done, _ = run_engine(api, checkpoint=store)
+    assert done.completed and done.resumed
+    rest = [s for ns in names if ns not in finished for s in names[ns]]
+    assert sorted(api.writes) == sorted(rest)  # nothing finished is written again, nothing is skipped
+    assert set(first_writes) | set(api.writes) == {s for ns in names for s in names[ns]}

@@ -42,9 +42,21 @@ Memory: one list page (metadata only) plus a bounded queue, whatever the number 
 Secret data never reaches this process: lists ask for ``PartialObjectMetadataList`` and writes for
 ``PartialObjectMetadata``, and nothing here reads or logs anything but metadata.
 
-Resume: namespaces are processed in sorted order; the checkpoint's ``last_namespace`` is the highest
-namespace such that it and every namespace before it are finished (several namespaces can be in
-flight at once). A restarted engine with the same target key skips those; a different target key
+Pipeline: ``list_concurrency`` listers take namespaces in sorted order and feed one bounded write
+queue that ``concurrency`` workers drain, so the lists of the next namespaces overlap the writes of
+the current ones and the queue does not run dry at every namespace boundary (with thousands of small
+namespaces the old one-namespace-at-a-time loop spent most of its time waiting for lists). At most
+``max_open_namespaces`` namespaces are open (taken but not yet part of the finished prefix), which
+bounds both memory and the work redone after a crash.
+
+Pause: ``paused`` (the operator's GET of its policy) is asked at most once per
+``pause_check_interval`` seconds, whoever is listing; ``request_pause()`` (for a watch event) takes
+effect at the next namespace or page without any request.
+
+Resume: namespaces are opened in sorted order; the checkpoint's ``last_namespace`` is the highest
+namespace such that it and every namespace before it are finished: listed to the end and every
+write answered (several namespaces can be in flight at once, and they can finish in any order).
+A restarted engine with the same target key skips those; a different target key
 starts over. Periodic saves carry the live counters (for ``kubectl get``); the save at a pause or at
 the end carries exact counters for the finished namespaces only. After a crash, the Secrets of
 namespaces that were in flight are written again (they come back as already current) and may be
@@ -61,7 +73,7 @@ import inspect
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,8 +121,16 @@ class RewriteOptions:
     max_writes_per_second: float = 0.0  # 0: no cap (429-aware only)
     checkpoint_interval: float = 5.0  # seconds between checkpoint saves, at most
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    queue_size: int = 0  # 0: 2 x concurrency
+    queue_size: int = 0  # 0: 4 x concurrency
     max_failures_recorded: int = 20
+    list_concurrency: int = 0  # namespaces listed at once; 0: concurrency // 4, between 2 and 8
+    pause_check_interval: float = 1.0  # seconds between two calls of the ``paused`` predicate, at least
+    max_open_namespaces: int = 256  # namespaces taken but not yet in the finished prefix, at most
+
+    @property
+    def listers(self) -> int:
+        """How many namespaces are listed at once."""
+        return self.list_concurrency or min(8, max(2, self.concurrency // 4))
 
     @classmethod
     def from_spec(cls, spec: Any, **overrides: Any) -> RewriteOptions:
@@ -158,16 +178,32 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 class _NamespaceTracker:
-    """Which namespaces are in flight, and the watermark: the last namespace of the finished prefix."""
+    """Which namespaces are in flight, and the watermark: the last namespace of the finished prefix.
+
+    Pure bookkeeping (no I/O, no awaits): namespaces must be ``open``ed in sorted order; each one
+    finishes when it was ``listed`` to the end and every ``add``ed write had its ``finish_one``, in
+    any order across namespaces. The watermark moves only over a contiguous run of finished
+    namespaces from the front, so everything at or before it is done, whatever is still in flight.
+    """
 
     def __init__(self, watermark: str, committed: RewriteCounters, done: int) -> None:
         self.watermark = watermark
         self.committed = committed  # exact counters of finished namespaces
         self.done = done
         self._open: OrderedDict[str, list[Any]] = OrderedDict()  # ns -> [pending, listed, counters]
-        self.finished = asyncio.Event()
+        self.finished = asyncio.Event()  # set whenever the watermark moves (the checkpoint loop clears it)
+        self.room = asyncio.Event()  # set whenever the watermark moves (listers waiting for room clear it)
+        self.last_opened = watermark
+
+    def __len__(self) -> int:
+        """Namespaces opened and not yet in the finished prefix."""
+        return len(self._open)
 
     def open(self, ns: str, max_failures: int) -> RewriteCounters:
+        if ns <= self.last_opened:
+            raise ValueError(f"namespace {ns!r} opened after {self.last_opened!r}: namespaces must be opened "
+                             "in sorted order, once each")
+        self.last_opened = ns
         counters = RewriteCounters(max_failures=max_failures)
         self._open[ns] = [0, False, counters]
         return counters
@@ -193,6 +229,7 @@ class _NamespaceTracker:
             self.committed.add(counters)
             self.done += 1
             self.finished.set()
+            self.room.set()
 
 
 class RewriteEngine:
@@ -233,6 +270,9 @@ class RewriteEngine:
                                   max(1.0, self.options.max_writes_per_second), clock=clock, sleep=sleep)
         self._save_lock = asyncio.Lock()
         self._list_error_since = 0.0
+        self._pause_lock = asyncio.Lock()
+        self._pause_requested = False
+        self._pause_checked_at: float | None = None  # clock() of the last call of ``paused``
 
     # ------------------------------------------------------------------ run
 
@@ -264,29 +304,27 @@ class RewriteEngine:
                  len(all_namespaces), resumed)
 
         queue: asyncio.Queue[tuple[SecretRef, RewriteCounters] | None] = asyncio.Queue(
-            opts.queue_size or 2 * opts.concurrency)
+            opts.queue_size or 4 * opts.concurrency)
         workers = [asyncio.create_task(self._worker(queue), name=f"rewrite-worker-{i}")
                    for i in range(opts.concurrency)]
         saver = asyncio.create_task(self._checkpoint_loop(), name="rewrite-checkpoint")
-        paused = False
+        names = iter(todo)
+        listers = [asyncio.create_task(self._lister(names, queue, tracker), name=f"rewrite-lister-{i}")
+                   for i in range(max(1, opts.listers))]
         try:
-            for ns in todo:
-                if await self._is_paused():
-                    paused = True
-                    break
-                paused = await self._produce_namespace(ns, queue, tracker)
-                if paused:
-                    break
+            await asyncio.gather(*listers)
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
         except BaseException:
-            for w in workers:
-                w.cancel()
+            for task in (*listers, *workers):
+                task.cancel()
             saver.cancel()
             with contextlib.suppress(BaseException):
-                await asyncio.gather(*workers, saver, return_exceptions=True)
+                await asyncio.gather(*listers, *workers, saver, return_exceptions=True)
             raise
+        # A pause seen after the last namespace was taken ends nothing early: the run is complete.
+        paused = self._pause_requested and tracker.done < state.namespaces_total
         saver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await saver
@@ -315,8 +353,33 @@ class RewriteEngine:
             elapsed_seconds=elapsed, writes_per_second=done / elapsed, throttled=self.gate.throttled_total,
             resumed=resumed)
 
+    def request_pause(self) -> None:
+        """Pause at the next namespace or list page, without asking ``paused`` (for a watch event).
+
+        The writes already queued finish and the checkpoint is saved, as for a pause the predicate
+        reports."""
+        self._pause_requested = True
+
     async def _is_paused(self) -> bool:
-        return bool(self.paused is not None and await _call(self.paused))
+        """Whether to stop opening namespaces and pages: ``request_pause()`` was called, or the
+        ``paused`` predicate said so. The predicate (a GET of the policy, in the operator) is asked at
+        most once per ``pause_check_interval`` seconds, and by one lister at a time: listing a
+        namespace of three Secrets must not cost an extra request."""
+        if self._pause_requested:
+            return True
+        if self.paused is None:
+            return False
+        async with self._pause_lock:
+            if self._pause_requested:
+                return True
+            now = self._clock()
+            if self._pause_checked_at is not None and now - self._pause_checked_at < self.options.pause_check_interval:
+                return False
+            self._pause_checked_at = now
+            if await _call(self.paused):
+                self._pause_requested = True
+        return self._pause_requested
+
 
     # ------------------------------------------------------------------ listing
 
@@ -354,6 +417,22 @@ class RewriteEngine:
         except (KubeError, aiohttp.ClientError, TimeoutError) as err:
             log.warning("could not count Secrets (progress will show no total): %s", err)
             return 0
+
+    async def _lister(self, names: Iterator[str], queue: asyncio.Queue[Any], tracker: _NamespaceTracker) -> None:
+        """Take the next namespace (sorted order, shared with the other listers) and queue its Secrets,
+        until there is none left or a pause is seen. Taking and opening a namespace happen with no
+        await in between, so namespaces are opened in sorted order whichever lister takes them."""
+        while True:
+            while len(tracker) >= max(1, self.options.max_open_namespaces):
+                tracker.room.clear()
+                await tracker.room.wait()
+            if await self._is_paused():
+                return
+            ns = next(names, None)
+            if ns is None:
+                return
+            if await self._produce_namespace(ns, queue, tracker):
+                return
 
     async def _produce_namespace(self, ns: str, queue: asyncio.Queue[Any], tracker: _NamespaceTracker) -> bool:
         """Queue every Secret of ``ns``; return True if paused (before a page) on the way."""
