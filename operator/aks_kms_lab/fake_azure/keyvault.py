@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from . import entra
-from .state import KV_SUFFIX, FakeState, KeyVersion, Vault, b64url, b64url_decode, now_utc
+from .state import KV_SUFFIX, FakeState, KeyVersion, Token, Vault, b64url, b64url_decode, now_utc
 from .wire import ApiError, Request, Response, json_body
 
 KV_AUDIENCE = "https://vault.azure.net"
@@ -133,6 +133,35 @@ def refusal(key: KeyVersion, operation: str, now: dt.datetime) -> ApiError | Non
     return None
 
 
+def network_refusal(vault: Vault, token: Token, tenant_id: str) -> ApiError | None:
+    """Key Vault's 403 to a caller on the public network when the vault's network rules shut it out.
+
+    Public network access Disabled admits only approved private links (``ForbiddenByConnection``); a
+    firewall with default action Deny admits only listed addresses and, with the AzureServices bypass,
+    trusted Microsoft services, neither of which a client on the host is (``ForbiddenByFirewall``).
+    The lab's private link is the fake's own address, where the KMS plugin and the operator connect.
+    """
+    caller = f"appid={token.client_id};oid={token.principal_id};iss=https://sts.windows.net/{tenant_id}/"
+    where = f"Vault: {vault.name};location={vault.location}"
+    if vault.public_network_access == "Disabled":
+        return ApiError(
+            403,
+            "Forbidden",
+            "Public network access is disabled and request is not from a trusted service nor via an approved "
+            f"private link.\r\nCaller: {caller}\r\n{where}",
+            inner_code="ForbiddenByConnection",
+        )
+    if vault.default_action == "Deny":
+        return ApiError(
+            403,
+            "Forbidden",
+            "Client address is not authorized and caller is not a trusted service.\r\nClient address: 127.0.0.1"
+            f"\r\nCaller: {caller}\r\n{where}",
+            inner_code="ForbiddenByFirewall",
+        )
+    return None
+
+
 def _padding(alg: str) -> padding.AsymmetricPadding:
     if alg == "RSA-OAEP-256":
         return padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
@@ -185,6 +214,10 @@ def handle(state: FakeState, base_url: str, vault_name: str, request: Request) -
     if vault is None:
         # A vault that does not exist has no DNS name in Azure; the closest HTTP answer is 404.
         raise ApiError(404, "VaultNotFound", f"The vault {vault_name} does not exist.")
+    if request.public_network:
+        blocked = network_refusal(vault, token, state.tenant_id)
+        if blocked is not None:
+            raise blocked
     path, method, now = request.path.rstrip("/"), request.method, now_utc()
 
     if method == "GET" and path == "/keys":

@@ -20,6 +20,10 @@ class Request:
     headers: dict[str, str]  # lower-case names
     body: bytes
     host: str  # Host header without the port, lower-case
+    # True when the request reached the fake from the public network (the lab's proxy, what the Azure CLI
+    # on the host uses); False on the fake's own address, which models the cluster's private link (the
+    # KMS plugin and the in-cluster operator). Key Vault's network rules apply only to the former.
+    public_network: bool = False
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name.lower(), default)
