@@ -25,6 +25,9 @@ def _run(args: argparse.Namespace) -> int:
     failed = _startup_checks(args)
     if failed:
         return failed
+    failed = _serve_metrics(args.metrics_address)
+    if failed:
+        return failed
     kopf.configure(
         verbose=args.verbose,
         debug=args.debug,
@@ -41,6 +44,19 @@ def _run(args: argparse.Namespace) -> int:
         # the standby answers the liveness endpoint itself until kopf's own server starts
         memo=kopf.Memo(liveness_endpoint=args.liveness or None),
     )
+    return 0
+
+
+def _serve_metrics(address: str) -> int:
+    """/metrics (aks_kms_operator.metrics) before kopf starts, so a standby replica answers scrapes too."""
+    from .metrics import serve
+
+    try:
+        serve(address)
+    except (ValueError, OSError) as err:
+        print(f"aks-kms-operator run: metrics: {err} (--metrics-address {address!r}; an empty value disables "
+              "/metrics)", file=sys.stderr)
+        return 78
     return 0
 
 
@@ -121,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", default="", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--liveness", default=os.environ.get("AKS_KMS_LIVENESS", "http://0.0.0.0:8080/healthz"),
                      help="liveness endpoint URL; empty to disable")
+    run.add_argument("--metrics-address", default=os.environ.get("AKS_KMS_METRICS_ADDRESS", ""),
+                     help="host:port serving Prometheus /metrics, e.g. 0.0.0.0:8081 (default: "
+                          "$AKS_KMS_METRICS_ADDRESS, else empty: no /metrics)")
     run.add_argument("--log-format", choices=sorted(LOG_FORMATS), default=os.environ.get("AKS_KMS_LOG_FORMAT",
                                                                                           "text"),
                      help="text, plain or json (default: $AKS_KMS_LOG_FORMAT, else text)")
