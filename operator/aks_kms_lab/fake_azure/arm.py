@@ -72,7 +72,10 @@ from urllib.parse import urlsplit
 from . import entra, keyvault, roles
 from .state import (
     FakeState,
+    Identity,
     Operation,
+    RoleAssignment,
+    Vault,
     cluster_key,
     new_etag,
     now_utc,
@@ -81,6 +84,11 @@ from .state import (
 from .wire import ApiError, Request, Response, json_body
 
 ARM_AUDIENCE = "https://management.azure.com"
+# Real ARM accepts tokens for either audience; the Azure CLI asks for the older one by default.
+ARM_AUDIENCES = frozenset({ARM_AUDIENCE, "https://management.core.windows.net"})
+# Seconds a client should wait between polls of a running operation (AKS sends Retry-After on the
+# PUT and on every InProgress poll; without it the SDK's poller falls back to 30 s).
+RETRY_AFTER = "1"
 TERMINAL = frozenset({"Succeeded", "Failed", "Canceled"})
 KMS_DEFAULTS: dict[str, Any] = {
     "enabled": False,
@@ -125,6 +133,18 @@ ROUTE_RESOURCES = re.compile(_SUB + r"/resources", re.I)
 ROUTE_ASSIGNMENTS = re.compile(r"(?P<scope>.*)/providers/microsoft\.authorization/roleassignments", re.I)
 ROUTE_ROLE_DEF = re.compile(r"(?P<scope>.*)/providers/microsoft\.authorization/roledefinitions/(?P<id>[^/]+)", re.I)
 ROUTE_ROLE_DEFS = re.compile(r"(?P<scope>.*)/providers/microsoft\.authorization/roledefinitions", re.I)
+ROUTE_ASSIGNMENT = re.compile(
+    r"(?P<scope>.*)/providers/microsoft\.authorization/roleassignments/(?P<name>[^/]+)", re.I
+)
+ROUTE_SUBSCRIPTIONS = re.compile(r"/subscriptions", re.I)
+ROUTE_SUBSCRIPTION = re.compile(_SUB, re.I)
+ROUTE_TENANTS = re.compile(r"/tenants", re.I)
+ROUTE_GROUPS = re.compile(_SUB + r"/resourcegroups", re.I)
+ROUTE_GROUP = re.compile(_SUB + r"/resourcegroups/(?P<rg>[^/]+)", re.I)
+ROUTE_CLUSTERS = re.compile(
+    _SUB + r"(?:/resourcegroups/(?P<rg>[^/]+))?/providers/microsoft\.containerservice/managedclusters", re.I
+)
+ROUTE_METADATA = re.compile(r"/metadata/endpoints", re.I)
 
 
 @dataclass(frozen=True)
@@ -207,6 +227,18 @@ def make_cluster(
         "enableNodePublicIP": False,
     }
     short = uuid.uuid4().hex[:8]
+    # Every managed-identity cluster has a kubelet identity in its node resource group; `az aks update`
+    # reads it (identityProfile.kubeletidentity) before it builds its PUT.
+    node_rg = f"MC_{resource_group}_{name}_{location}"
+    state.ensure_group(subscription_id, node_rg, location)
+    kubelet_id = (
+        f"/subscriptions/{subscription_id}/resourcegroups/{node_rg}"
+        f"/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}-agentpool"
+    )
+    kubelet = state.identities.get(kubelet_id.lower())
+    if kubelet is None:
+        kubelet = Identity(kubelet_id, str(uuid.uuid4()), str(uuid.uuid4()), state.tenant_id, location)
+        state.identities[kubelet_id.lower()] = kubelet
     return {
         "id": (
             f"/subscriptions/{subscription_id}/resourcegroups/{resource_group}"
@@ -228,7 +260,15 @@ def make_cluster(
             "azurePortalFQDN": f"{name}-dns-{short}.portal.hcp.{location}.azmk8s.io",
             "agentPoolProfiles": [agent_pool],
             "servicePrincipalProfile": {"clientId": "msi"},
-            "nodeResourceGroup": f"MC_{resource_group}_{name}_{location}",
+            "identityProfile": {
+                "kubeletidentity": {
+                    "resourceId": kubelet.resource_id,
+                    "clientId": kubelet.client_id,
+                    "objectId": kubelet.principal_id,
+                }
+            },
+            "addonProfiles": {},
+            "nodeResourceGroup": node_rg,
             "enableRBAC": True,
             "supportPlan": "KubernetesOfficial",
             "networkProfile": {
@@ -239,7 +279,21 @@ def make_cluster(
                 "dnsServiceIP": "10.0.0.10",
                 "outboundType": "loadBalancer",
                 "loadBalancerSku": "standard",
+                "loadBalancerProfile": {
+                    "managedOutboundIPs": {"count": 1},
+                    "backendPoolType": "nodeIPConfiguration",
+                },
+                "podCidrs": ["10.244.0.0/16"],
+                "serviceCidrs": ["10.0.0.0/16"],
+                "ipFamilies": ["IPv4"],
             },
+            "autoUpgradeProfile": {"upgradeChannel": "none", "nodeOSUpgradeChannel": "NodeImage"},
+            "storageProfile": {
+                "diskCSIDriver": {"enabled": True},
+                "fileCSIDriver": {"enabled": True},
+                "snapshotController": {"enabled": True},
+            },
+            "bootstrapProfile": {"artifactSource": "Direct"},
             "apiServerAccessProfile": {"enableVnetIntegration": api_server_vnet_integration},
             "oidcIssuerProfile": {"enabled": True, "issuerURL": f"https://{location}.oic.prod-aks.azure.com/{short}/"},
             "securityProfile": {"workloadIdentity": {"enabled": True}},
@@ -423,6 +477,52 @@ def validate_kms(state: FakeState, old_obj: dict[str, Any], new_obj: dict[str, A
 # ------------------------------------------------------------------------------- handlers
 
 
+def metadata_endpoints(base_url: str, request: Request) -> Response:
+    """``GET /metadata/endpoints``: served without a token, as ARM does (``az cloud register
+    --endpoint-resource-manager`` reads it). Through the lab's proxy ``base_url`` is
+    ``https://management.azure.com`` and the answer is AzureCloud's; on the fake's own address it names
+    that address, so a custom cloud registered from it stays on the fake."""
+    public = base_url == "https://management.azure.com"
+    login = "https://login.microsoftonline.com" if public else base_url
+    cloud = {
+        "name": "AzureCloud",
+        "portal": "https://portal.azure.com",
+        "authentication": {
+            "loginEndpoint": login,
+            "audiences": ["https://management.core.windows.net/", "https://management.azure.com/"],
+            "tenant": "common",
+            "identityProvider": "AAD",
+        },
+        "resourceManager": f"{base_url}/",
+        "graph": "https://graph.windows.net/",
+        "graphAudience": "https://graph.windows.net/",
+        "microsoftGraphResourceId": "https://graph.microsoft.com/",
+        "batch": "https://batch.core.windows.net/",
+        "media": "https://rest.media.azure.net",
+        "sqlManagement": "https://management.core.windows.net:8443/",
+        "activeDirectoryDataLake": "https://datalake.azure.net/",
+        "suffixes": {
+            "keyVaultDns": "vault.azure.net",
+            "mhsmDns": "managedhsm.azure.net",
+            "storage": "core.windows.net",
+            "acrLoginServer": "azurecr.io",
+            "sqlServerHostname": "database.windows.net",
+            "azureDataLakeStoreFileSystem": "azuredatalakestore.net",
+            "azureDataLakeAnalyticsCatalogAndJob": "azuredatalakeanalytics.net",
+        },
+    }
+    version = request.query.get("api-version", "")
+    if version >= "2019-05-01":
+        return Response(200, [cloud])
+    legacy = {
+        "galleryEndpoint": "https://gallery.azure.com/",
+        "graphEndpoint": cloud["graph"],
+        "portalEndpoint": "https://portal.azure.com/",
+        "authentication": {**cloud["authentication"], "loginEndpoint": f"{login}/"},
+    }
+    return Response(200, legacy)
+
+
 def _authenticate(state: FakeState, request: Request) -> None:
     if not request.header("authorization"):
         raise ApiError(
@@ -434,7 +534,7 @@ def _authenticate(state: FakeState, request: Request) -> None:
             },
         )
     token = entra.bearer(state, request)
-    if token is None or token.audience.rstrip("/") != ARM_AUDIENCE:
+    if token is None or token.audience.rstrip("/") not in ARM_AUDIENCES:
         raise ApiError(401, "InvalidAuthenticationToken", "The access token is invalid.")
 
 
@@ -511,6 +611,7 @@ def put_cluster(
     launch(LroPlan(op, old_kms, new_kms, failure, after_apply))
     api_version = request.query.get("api-version", "2026-08-01")
     resp = _cluster_response(merged, 200)
+    resp.headers["Retry-After"] = RETRY_AFTER
     resp.headers["Azure-AsyncOperation"] = (
         f"{base_url}/subscriptions/{sub}/providers/Microsoft.ContainerService/locations/{location}"
         f"/operations/{op.id}?api-version={api_version}"
@@ -547,16 +648,216 @@ def list_assignments(state: FakeState, scope: str, filter_expr: str) -> Response
     return Response(200, {"value": out})
 
 
+def _subscription_arm(state: FakeState, sub: str) -> dict[str, Any]:
+    return {
+        "id": f"/subscriptions/{sub}",
+        "authorizationSource": "RoleBased",
+        "managedByTenants": [],
+        "subscriptionId": sub,
+        "tenantId": state.tenant_id,
+        "displayName": "aks-kms lab",
+        "state": "Enabled",
+        "subscriptionPolicies": {
+            "locationPlacementId": "Public_2014-09-01",
+            "quotaId": "PayAsYouGo_2014-09-01",
+            "spendingLimit": "Off",
+        },
+    }
+
+
+def _subscription(state: FakeState, sub: str) -> str:
+    known = state.subscriptions.get(sub.lower())
+    if known is None:
+        raise ApiError(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
+    return known
+
+
+def _group(state: FakeState, sub: str, rg: str) -> Any:
+    _subscription(state, sub)
+    group = state.groups.get(f"{sub}/{rg}".lower())
+    if group is None:
+        raise ApiError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+    return group
+
+
+def _identity_put(state: FakeState, request: Request, sub: str, rg: str, name: str) -> Response:
+    """Create (201) or update (200) a user-assigned identity; its principal and client IDs are kept."""
+    group = _group(state, sub, rg)
+    body = json_body(request)
+    rid = (
+        f"/subscriptions/{sub}/resourcegroups/{group.name}"
+        f"/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+    )
+    existing = state.identities.get(rid.lower())
+    if existing is not None:
+        return Response(200, existing.arm(), write_summary={"identity": existing.resource_id, "op": "update"})
+    ident = Identity(
+        resource_id=rid,
+        principal_id=str(uuid.uuid4()),
+        client_id=str(uuid.uuid4()),
+        tenant_id=state.tenant_id,
+        location=str(body.get("location") or group.location),
+    )
+    state.identities[rid.lower()] = ident
+    return Response(201, ident.arm(), write_summary={"identity": rid, "op": "create"})
+
+
+def _vault_put(state: FakeState, request: Request, sub: str, rg: str, name: str) -> Response:
+    """Create (201) or replace (200) a vault's ARM properties; its keys are kept.
+
+    Vault names are global in Azure: a name taken in another resource group → 409 ``VaultAlreadyExists``.
+    """
+    group = _group(state, sub, rg)
+    body = json_body(request)
+    props = body.get("properties") or {}
+    existing = state.vault(name)
+    if existing is not None and (
+        existing.resource_group.lower() != rg.lower() or existing.subscription_id.lower() != sub.lower()
+    ):
+        raise ApiError(409, "VaultAlreadyExists", f"The vault name '{name}' is already in use.")
+    if existing is None and not props.get("tenantId"):
+        raise ApiError(400, "BadRequest", "The parameter properties.tenantId is required to create a vault.")
+    acls = props.get("networkAcls") or {}
+    vault = existing or Vault(
+        subscription_id=sub, resource_group=group.name, name=name,
+        location=str(body.get("location") or group.location), tenant_id=str(props["tenantId"]),
+    )
+    if props.get("tenantId"):
+        vault.tenant_id = str(props["tenantId"])
+    # Azure's defaults for a new vault: public access on, firewall open, soft delete on (API >= 2021).
+    vault.public_network_access = str(props.get("publicNetworkAccess") or vault.public_network_access)
+    if vault.public_network_access not in ("Enabled", "Disabled"):
+        raise ApiError(400, "BadRequest", "properties.publicNetworkAccess must be 'Enabled' or 'Disabled'.")
+    vault.default_action = str(acls.get("defaultAction") or vault.default_action)
+    vault.bypass = str(acls.get("bypass") or vault.bypass)
+    if props.get("enableRbacAuthorization") is not None:
+        vault.rbac = bool(props["enableRbacAuthorization"])
+    if props.get("enablePurgeProtection") is not None:
+        vault.purge_protection = bool(props["enablePurgeProtection"])
+    if "accessPolicies" in props:
+        vault.access_policies = [
+            (str(ap.get("objectId")), tuple((ap.get("permissions") or {}).get("keys") or ()))
+            for ap in props.get("accessPolicies") or []
+        ]
+    state.vaults[name.lower()] = vault
+    summary = {"vault": vault.resource_id, "op": "update" if existing else "create",
+               "publicNetworkAccess": vault.public_network_access}
+    return Response(200 if existing else 201, vault.arm(), write_summary=summary)
+
+
+def _assignment_put(state: FakeState, request: Request, scope: str, name: str) -> Response:
+    """Create a role assignment; the same principal, role and scope again → 409 ``RoleAssignmentExists``."""
+    body = json_body(request)
+    props = body.get("properties") or {}
+    role_id, principal = str(props.get("roleDefinitionId") or ""), str(props.get("principalId") or "")
+    role = roles.ROLES_BY_GUID.get(role_id.rstrip("/").rsplit("/", 1)[-1].lower())
+    if role is None:
+        raise ApiError(400, "RoleDefinitionDoesNotExist", f"The specified role definition with ID '{role_id}' "
+                                                          "does not exist.")
+    if not principal:
+        raise ApiError(400, "InvalidPrincipalId", "properties.principalId is required.")
+    for a in state.assignments:
+        if a.guid.lower() == name.lower():
+            raise ApiError(409, "RoleAssignmentUpdateNotPermitted", "Tenant ID, application ID, principal ID, and "
+                                                                   "scope are not allowed to be updated.")
+        if (a.principal_id == principal and a.role.guid == role.guid
+                and a.scope.lower().rstrip("/") == scope.lower().rstrip("/")):
+            raise ApiError(409, "RoleAssignmentExists", "The role assignment already exists.")
+    sub_m = re.match(_SUB, scope, re.I)
+    assignment = RoleAssignment(name, principal, scope, role, sub_m["sub"] if sub_m else "",
+                                str(props.get("principalType") or "ServicePrincipal"))
+    state.assignments.append(assignment)
+    summary = {"roleAssignment": assignment.arm()["id"], "role": role.name, "principalId": principal}
+    return Response(201, assignment.arm(), write_summary=summary)
+
+
+def _resource(state: FakeState, request: Request, path: str) -> Response | None:
+    """Subscriptions, resource groups, identities, vaults and role assignments; None if no route."""
+    method = request.method
+    if ROUTE_TENANTS.fullmatch(path) and method == "GET":
+        return Response(200, {"value": [{"id": f"/tenants/{state.tenant_id}", "tenantId": state.tenant_id,
+                                         "tenantCategory": "Home", "displayName": "aks-kms lab",
+                                         "defaultDomain": "akskmslab.onmicrosoft.com"}]})
+    if ROUTE_SUBSCRIPTIONS.fullmatch(path) and method == "GET":
+        return Response(200, {"value": [_subscription_arm(state, s) for s in state.subscriptions.values()]})
+    if (m := ROUTE_SUBSCRIPTION.fullmatch(path)) and method == "GET":
+        return Response(200, _subscription_arm(state, _subscription(state, m["sub"])))
+    if (m := ROUTE_GROUPS.fullmatch(path)) and method == "GET":
+        sub = _subscription(state, m["sub"]).lower()
+        return Response(200, {"value": [g.arm() for g in state.groups.values() if g.subscription_id.lower() == sub]})
+    if m := ROUTE_GROUP.fullmatch(path):
+        if method in ("GET", "HEAD"):
+            group = _group(state, m["sub"], m["rg"])
+            return Response(200 if method == "GET" else 204, group.arm() if method == "GET" else None)
+        if method == "PUT":
+            _subscription(state, m["sub"])
+            is_new = f"{m['sub']}/{m['rg']}".lower() not in state.groups
+            location = str(json_body(request).get("location") or "westeurope")
+            group = state.ensure_group(m["sub"], m["rg"], location)
+            return Response(201 if is_new else 200, group.arm(), write_summary={"resourceGroup": group.arm()["id"]})
+    if m := ROUTE_CLUSTERS.fullmatch(path):
+        if method != "GET":
+            raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on a list of managed clusters.")
+        if m["rg"]:
+            _group(state, m["sub"], m["rg"])
+        prefix = f"{m['sub']}/{m['rg']}/".lower() if m["rg"] else f"{m['sub']}/".lower()
+        items = [copy.deepcopy(obj) for key, obj in state.clusters.items() if key.startswith(prefix)]
+        return Response(200, {"value": items})
+    if m := ROUTE_IDENTITY.fullmatch(path):
+        if method == "PUT":
+            return _identity_put(state, request, m["sub"], m["rg"], m["name"])
+        ident = state.identities.get(path.lower())
+        if method == "DELETE":
+            if ident is None:
+                return Response(204)
+            del state.identities[path.lower()]
+            return Response(200, None, write_summary={"identity": ident.resource_id, "op": "delete"})
+        if method == "GET":
+            if ident is None:
+                raise _not_found("Microsoft.ManagedIdentity/userAssignedIdentities", m["name"], m["rg"])
+            return Response(200, ident.arm())
+    if m := ROUTE_VAULT.fullmatch(path):
+        vault = state.vault(m["name"])
+        mine = vault is not None and vault.resource_group.lower() == m["rg"].lower()
+        if method == "PUT":
+            return _vault_put(state, request, m["sub"], m["rg"], m["name"])
+        if method == "GET":
+            if vault is None or not mine:
+                raise _not_found("Microsoft.KeyVault/vaults", m["name"], m["rg"])
+            return Response(200, vault.arm())
+        if method == "DELETE":
+            if vault is None or not mine:
+                return Response(204)
+            del state.vaults[m["name"].lower()]
+            return Response(200, None, write_summary={"vault": vault.resource_id, "op": "delete"})
+    if m := ROUTE_ASSIGNMENT.fullmatch(path):
+        if method == "PUT":
+            return _assignment_put(state, request, m["scope"] or "/", m["name"])
+        found = next((a for a in state.assignments if a.guid.lower() == m["name"].lower()), None)
+        if method == "GET":
+            if found is None:
+                raise ApiError(404, "RoleAssignmentNotFound", f"The role assignment '{m['name']}' is not found.")
+            return Response(200, found.arm())
+        if method == "DELETE":
+            if found is None:
+                return Response(204)
+            state.assignments.remove(found)
+            return Response(200, found.arm(), write_summary={"roleAssignment": found.arm()["id"], "op": "delete"})
+    return None
+
+
 def handle(state: FakeState, base_url: str, request: Request, launch: Launcher) -> Response:
     """Serve one ARM request. Call with ``state.lock`` held."""
-    _authenticate(state, request)
     path, method = request.path.rstrip("/"), request.method
+    if ROUTE_METADATA.fullmatch(path) and method == "GET":
+        return metadata_endpoints(base_url, request)
+    _authenticate(state, request)
 
     if m := ROUTE_OPERATION.fullmatch(path):
         op = state.operations.get(m["id"])
         if op is None or method != "GET":
             raise ApiError(404, "NotFound", f"Operation {m['id']} was not found.")
-        return Response(200, op.arm())
+        return Response(200, op.arm(), {"Retry-After": RETRY_AFTER} if op.status not in TERMINAL else {})
 
     if m := ROUTE_CLUSTER.fullmatch(path):
         key = cluster_key(m["sub"], m["rg"], m["name"])
@@ -569,20 +870,12 @@ def handle(state: FakeState, base_url: str, request: Request, launch: Launcher) 
             return put_cluster(state, base_url, request, m["sub"], m["rg"], m["name"], launch)
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on managed clusters by this fake.")
 
+    served = _resource(state, request, path)
+    if served is not None:
+        return served
+
     if method != "GET":
-        raise ApiError(405, "MethodNotAllowed", f"{method} {request.path} is read-only in this fake.")
-
-    if m := ROUTE_VAULT.fullmatch(path):
-        vault = state.vault(m["name"])
-        if vault is None or vault.resource_group.lower() != m["rg"].lower():
-            raise _not_found("Microsoft.KeyVault/vaults", m["name"], m["rg"])
-        return Response(200, vault.arm())
-
-    if m := ROUTE_IDENTITY.fullmatch(path):
-        ident = state.identities.get(path.lower())
-        if ident is None:
-            raise _not_found("Microsoft.ManagedIdentity/userAssignedIdentities", m["name"], m["rg"])
-        return Response(200, ident.arm())
+        raise ApiError(405, "MethodNotAllowed", f"{method} {request.path} is not supported by this fake.")
 
     if m := ROUTE_RESOURCES.fullmatch(path):
         filter_expr = request.query.get("$filter", "")

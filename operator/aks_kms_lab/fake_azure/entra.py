@@ -145,3 +145,71 @@ def bearer(state: FakeState, request: Request) -> Token | None:
     if tok is None or tok.expires <= now_utc():
         return None
     return tok
+
+
+# ------------------------------------------------------------------------------- Microsoft Graph
+
+GRAPH_HOST = "graph.microsoft.com"
+GRAPH_AUDIENCE = "https://graph.microsoft.com"
+_ME_ONLY_DELEGATED = "/me request is only valid with delegated authentication flow."
+
+
+def _graph_error(status: int, code: str, message: str) -> Response:
+    return Response(status, {"error": {"code": code, "message": message,
+                                       "innerError": {"date": now_utc().isoformat(), "request-id": str(uuid.uuid4())}}})
+
+
+def _principals(state: FakeState) -> dict[str, dict[str, Any]]:
+    """Object ID → Graph service principal stub: the lab's app and every user-assigned identity."""
+    out: dict[str, dict[str, Any]] = {}
+    for client_id, (principal_id, _secret) in state.clients.items():
+        out[principal_id] = {"id": principal_id, "appId": client_id, "displayName": "aks-kms-lab",
+                             "servicePrincipalType": "Application", "servicePrincipalNames": [client_id]}
+    for ident in state.identities.values():
+        name = ident.resource_id.rsplit("/", 1)[-1]
+        out[ident.principal_id] = {"id": ident.principal_id, "appId": ident.client_id, "displayName": name,
+                                   "servicePrincipalType": "ManagedIdentity",
+                                   "servicePrincipalNames": [ident.client_id, ident.resource_id]}
+    return {oid: {"@odata.type": "#microsoft.graph.servicePrincipal", **sp} for oid, sp in out.items()}
+
+
+def graph(state: FakeState, request: Request) -> Response:
+    """The few Microsoft Graph calls the Azure CLI makes around role assignments and vaults.
+
+    ``GET /v1.0/me`` answers a service principal's token as Graph does (400: only valid with delegated
+    authentication), since the lab signs in service principals only; ``POST
+    /v1.0/directoryObjects/getByIds`` and ``GET /v1.0/servicePrincipals[/{id}|?$filter=…]`` resolve the
+    lab's app and its user-assigned identities. Anything else is 404.
+    """
+    tok = bearer(state, request)
+    if tok is None or tok.audience.rstrip("/") != GRAPH_AUDIENCE:
+        return _graph_error(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
+    path = request.path.rstrip("/")
+    principals = _principals(state)
+    if path == "/v1.0/me" and request.method == "GET":
+        return _graph_error(400, "BadRequest", _ME_ONLY_DELEGATED)
+    if path == "/v1.0/directoryObjects/getByIds" and request.method == "POST":
+        try:
+            ids = json.loads(request.body or b"{}").get("ids") or []
+        except ValueError:
+            return _graph_error(400, "BadRequest", "Invalid JSON body.")
+        return Response(200, {"value": [principals[i] for i in ids if i in principals]})
+    if path == "/v1.0/servicePrincipals" and request.method == "GET":
+        wanted = request.query.get("$filter", "")
+        found = [sp for sp in principals.values()
+                 if not wanted or any(f"'{n}'".lower() in wanted.lower() for n in sp["servicePrincipalNames"])]
+        return Response(200, {"value": found})
+    if path.startswith("/v1.0/servicePrincipals/") and request.method == "GET":
+        sp = principals.get(path.rsplit("/", 1)[-1])
+        if sp is None:
+            return _graph_error(404, "Request_ResourceNotFound", f"Resource '{path.rsplit('/', 1)[-1]}' does not "
+                                                                 "exist or one of its queried reference-property "
+                                                                 "objects are not present.")
+        return Response(200, sp)
+    return _graph_error(404, "UnknownError", f"{request.method} {request.path} is not served by the lab's Graph.")
+
+
+def other(base_url: str, request: Request) -> Response:
+    """Any other path on login.microsoftonline.com: Entra's 404, naming the path."""
+    return _aad_error(404, "invalid_request", 90002, f"{request.method} {request.path} is not served by the lab "
+                                                      f"({base_url}).")

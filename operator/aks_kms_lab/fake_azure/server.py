@@ -53,6 +53,11 @@ from .wire import ApiError, Request, Response
 
 KmsHook = Callable[[str, dict[str, Any], dict[str, Any]], None]
 DEBUG_ENV = "AKS_KMS_FAKE_AZURE_DEBUG"
+LOGIN_HOST = "login.microsoftonline.com"
+ARM_HOST = "management.azure.com"
+# The public host names the fake answers for (its certificate names them): Entra ID, ARM, Microsoft
+# Graph and every vault. The lab's proxy (``aks_kms_lab.proxy``) lets CONNECT through to these only.
+AZURE_HOSTS = (LOGIN_HOST, ARM_HOST, entra.GRAPH_HOST, "*.vault.azure.net")
 _ENTRA_DISCOVERY = re.compile(r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration")
 _ENTRA_TOKEN = re.compile(r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token")
 _DEFAULT_FAULT_CODES = {
@@ -121,9 +126,10 @@ class _Server(ThreadingHTTPServer):
     block_on_close = True
     allow_reuse_address = True
 
-    def __init__(self, fake: FakeAzure, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, fake: FakeAzure, ssl_context: ssl.SSLContext, *, public_network: bool = False) -> None:
         self.fake = fake
         self.ssl_context = ssl_context
+        self.public_network = public_network
         self.open_sockets: set[socket.socket] = set()
         self.sockets_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -182,6 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
             host=host,
+            public_network=self.server.public_network,
         )
         response = self.server.fake._dispatch(request)
         if response.lost is not None:
@@ -232,8 +239,9 @@ class FakeAzure:
         self._lost: list[_LostResponse] = []
         self._lros: list[_Lro] = []
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: _Server | None = None  # the fake's own address: the cluster's side of a private link
+        self._public: _Server | None = None  # the public network side, reached through the lab's proxy
+        self._threads: list[threading.Thread] = []
         self.on_kms_change: KmsHook | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -242,27 +250,31 @@ class FakeAzure:
         if self._server is not None:
             return self
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+        self._ca.issue_cert("127.0.0.1", "localhost", *AZURE_HOSTS).configure_cert(ctx)
         self._stopping.clear()
         self._server = _Server(self, ctx)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-azure", daemon=True
-        )
-        self._thread.start()
+        self._public = _Server(self, ctx, public_network=True)
+        for server, name in ((self._server, "fake-azure"), (self._public, "fake-azure-public")):
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
         self._stopping.set()
         for lro in list(self._lros):
             lro.thread.join(timeout=30)
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.close_open_connections()
-            self._server.server_close()  # joins the connection threads
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        for server in (self._server, self._public):
+            if server is not None:
+                server.shutdown()
+                server.close_open_connections()
+                server.server_close()  # joins the connection threads
+        self._server = self._public = None
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
         if self._owns_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
@@ -283,6 +295,17 @@ class FakeAzure:
         return f"https://127.0.0.1:{self.port}"
 
     @property
+    def public_port(self) -> int:
+        """The listener that plays the public network: what the lab's proxy connects the Azure CLI to.
+
+        Requests on it carry ``public_network`` (Key Vault applies its network rules); requests on
+        :attr:`port` come from inside the cluster's private link (the KMS plugin, the operator).
+        """
+        if self._public is None:
+            raise RuntimeError("FakeAzure is not started")
+        return int(self._public.server_address[1])
+
+    @property
     def authority(self) -> str:
         """Value for ``AZURE_AUTHORITY_HOST`` / ``authority=``."""
         return self.url
@@ -297,6 +320,7 @@ class FakeAzure:
         *,
         location: str = "westeurope",
     ) -> Identity:
+        group = re.match(r"/subscriptions/([^/]+)/resourcegroups/([^/]+)/", resource_id, re.I)
         ident = Identity(
             resource_id=resource_id,
             principal_id=principal_id or str(uuid.uuid4()),
@@ -305,6 +329,8 @@ class FakeAzure:
             location=location,
         )
         with self._state.lock:
+            if group:
+                self._state.ensure_group(group[1], group[2], location)
             self._state.identities[resource_id.lower()] = ident
         return ident
 
@@ -323,6 +349,7 @@ class FakeAzure:
     ) -> dict[str, Any]:
         """Seed a managed cluster in state Succeeded. A missing user-assigned identity is created."""
         with self._state.lock:
+            self._state.ensure_group(subscription_id, resource_group, location)
             if identity_type == "UserAssigned":
                 identity_id = identity_id or (
                     f"/subscriptions/{subscription_id}/resourceGroups/{resource_group}"
@@ -378,6 +405,7 @@ class FakeAzure:
             access_policies=[(oid, tuple(perms)) for oid, perms in access_policies],
         )
         with self._state.lock:
+            self._state.ensure_group(subscription_id, resource_group, location)
             self._state.vaults[name.lower()] = vault
         return vault.resource_id
 
@@ -656,14 +684,22 @@ class FakeAzure:
             fh.write(json.dumps(line) + "\n")
 
     def _route(self, request: Request) -> Response:
+        # Links in answers (token endpoint, operation URL, challenge authority) name the host the client
+        # used: Azure's own names through the proxy, the fake's address otherwise.
+        base = f"https://{request.host}" if request.public_network else self.url
+        login = f"https://{LOGIN_HOST}" if request.public_network else self.url
         vault_name = keyvault.vault_name_of(request.host)
         if vault_name is not None:
-            return keyvault.handle(self._state, self.url, vault_name, request)
+            return keyvault.handle(self._state, login, vault_name, request)
+        if request.host == entra.GRAPH_HOST:
+            return entra.graph(self._state, request)
         if m := _ENTRA_DISCOVERY.fullmatch(request.path):
-            return entra.discovery(self.url, m["tenant"])
+            return entra.discovery(base, m["tenant"])
         if (m := _ENTRA_TOKEN.fullmatch(request.path)) and request.method == "POST":
             return entra.token(self._state, m["tenant"], request)
-        return arm.handle(self._state, self.url, request, self._launch)
+        if request.public_network and request.host == LOGIN_HOST:
+            return entra.other(base, request)
+        return arm.handle(self._state, base, request, self._launch)
 
     # ------------------------------------------------------------------ long-running operations
 
