@@ -215,6 +215,10 @@ def _key_checks(facts: PreflightFacts, key: KeyState) -> list[Finding]:
                            f"key {kid} is not valid before {_ts(key.not_before)}",
                            f"wait until {_ts(key.not_before)} or az keyvault key set-attributes --id {kid} "
                            "--not-before <earlier UTC date>"))
+    if not key.key_type:
+        # Type and operations unknown: Key Vault refuses to read a disabled version, and the gateway then
+        # reports it from the version listing (no key material). KeyDisabled above already blocks.
+        return out
     if key.key_type not in RSA_KEY_TYPES:
         ref = _parse(key)
         vault = ref.vault_name if ref else "<vault>"

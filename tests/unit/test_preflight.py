@@ -187,6 +187,13 @@ def test_key_not_found_hides_the_other_key_checks() -> None:
     assert reasons(facts(target_key=KeyState(KB, exists=False, enabled=False, key_type="EC"))) == ["KeyNotFound"]
 
 
+def test_a_disabled_key_read_from_the_listing_is_only_disabled() -> None:
+    """Key Vault refuses to read a disabled version; the gateway reports it from the version listing with an
+    empty key type and no operations (unknown, not wrong). Found by ``plan``: it printed KeyNotRSA ("is ;")
+    and KeyOperationsMissing next to KeyDisabled."""
+    assert reasons(facts(target_key=target(enabled=False, key_type="", key_ops=()))) == ["KeyDisabled"]
+
+
 def test_key_without_expiry_and_valid_now_passes() -> None:
     assert run_preflight(facts(target_key=target(expires_on=None, not_before=NOW))) == []
 
