@@ -156,6 +156,11 @@ def _warnings(inputs: PlanInputs, steps: Sequence[PlannedStep], blocked: bool) -
     elif Step.DISABLE in kinds:
         out.append("KMS will be disabled: after the rewrite every Secret is stored in etcd without KMS "
                    "encryption. Enabling again later is another full change (enable, rewrite, verify).")
+    if not inputs.status.encrypted_with and steps and steps[0].step in (Step.WAIT_FOR_KEY_SWITCH, Step.REWRITE,
+                                                                         Step.VERIFY):
+        out.append("No ledger yet (a new policy, or one never reconciled): the operator first proves every Secret "
+                   "is written the way AKS encrypts now, so the ledger starts from a proven state. That adds a "
+                   "rewrite and a verification pass before any ARM write.")
     if any(s.writes for s in steps):
         out.append("Each ARM write rolls the AKS API servers (minutes) and cannot be recalled once sent; "
                    "a later change is a new write.")
@@ -296,6 +301,9 @@ def render_text(rep: Mapping[str, Any]) -> str:
             lines.append(f"  [{f['severity']}] {f['reason']}{where}: {f['message']}")
             if f["fix"]:
                 lines.append(f"        fix: {f['fix']}")
+    elif rep["armWrites"]:
+        lines += ["", f"Preflight: every check passes before each of the {rep['armWrites']} ARM write(s) "
+                      "(later writes are checked against today's facts; the operator checks again right before each)."]
     rw = rep["rewrite"]
     if rw["runs"]:
         lines += ["", f"Rewrite: {rw['runs']} run(s) over {rw['secrets']} Secret(s) in {rw['namespaces']} "

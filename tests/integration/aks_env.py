@@ -48,12 +48,12 @@ class AksEnv:
     AKS-sim's (``aks_sim.ApiServerKms``, changeable later on ``self.kms``)."""
 
     def __init__(self, root: Path, *, audit: bool = False, apiservers: int = 1, roll_interval: float = 0.0,
-                 lag_last_seconds: float | None = None) -> None:
+                 lag_last_seconds: float | None = None, extra_apiserver_args: tuple[str, ...] = ()) -> None:
         self.root = root
         self.config = root / "encryption.yaml"
         write_configuration(self.config, encryption_configuration(KeySlots(), aescbc_provider))
         self.cp = ControlPlane(root / "cp", apiservers=apiservers, encryption_config=self.config,
-                               audit_secret_writes=audit).start()
+                               audit_secret_writes=audit, extra_apiserver_args=extra_apiserver_args).start()
         self.cp.apply(yaml.safe_load((REPO / "manifests/crd/clusterencryptionpolicies.yaml").read_text()))
         wait_for(lambda: self.cp.request("GET", "/apis/aks-kms.dev/v1alpha1")[0] == 200, what="CRD served")
         self.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
