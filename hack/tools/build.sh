@@ -59,3 +59,5 @@ build helm "$HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm
 # Test-only runners for our Argo CD health script and for Flux's kstatus (hack/tools/{lua,kstatus}).
 build lua "$GOPHER_LUA_VERSION" argocd-lua=.
 build kstatus "$CLI_UTILS_VERSION" kstatus=.
+# The rewrite benchmark's ceiling: standard library only (hack/tools/loadgen), so no pinned version.
+build loadgen stdlib loadgen=.
