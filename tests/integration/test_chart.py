@@ -61,7 +61,10 @@ ALL_FEATURES: dict[str, Any] = {
         {"matchExpressions": [{"key": "kubernetes.azure.com/mode", "operator": "In", "values": ["system"]}]}]}}},
     "priorityClassName": "system-cluster-critical",
     "metrics": {"enabled": True, "port": 8081,
-                "serviceMonitor": {"enabled": True, "interval": "1m", "labels": {"release": "prometheus"}}},
+                "serviceMonitor": {"enabled": True, "interval": "1m", "labels": {"release": "prometheus"}},
+                "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}, "keyExpiryDays": 45,
+                                   "additionalAlertLabels": {"team": "platform"}},
+                "dashboard": {"enabled": True, "annotations": {"grafana_folder": "Security"}}},
     "networkPolicy": {"enabled": True, "apiServerCidrs": ["20.1.2.3/32"], "azureCidrs": ["10.0.0.0/8"],
                       "metricsFrom": [{"namespaceSelector": {"matchLabels": {
                           "kubernetes.io/metadata.name": "monitoring"}}}]},
@@ -74,7 +77,7 @@ ALL_FEATURES: dict[str, Any] = {
 DEFAULT_KINDS = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "FlowSchema",
                  "PodDisruptionBudget", "PriorityLevelConfiguration", "Role", "RoleBinding", "Service",
                  "ServiceAccount"]
-ALL_FEATURES_KINDS = sorted([*DEFAULT_KINDS, "NetworkPolicy", "ServiceMonitor"])
+ALL_FEATURES_KINDS = sorted([*DEFAULT_KINDS, "ConfigMap", "NetworkPolicy", "PrometheusRule", "ServiceMonitor"])
 
 
 # ---------------------------------------------------------------------------------------------- helm
@@ -227,6 +230,27 @@ SERVICEMONITOR_CRD = {
              },
 }
 
+# The same for PrometheusRule: groups of rules, each an alert (or record) with expr, for, labels, annotations.
+PROMETHEUSRULE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "prometheusrules.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"kind": "PrometheusRule", "plural": "prometheusrules", "singular": "prometheusrule",
+                       "listKind": "PrometheusRuleList"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "properties": {"spec": {"type": "object", "properties": {
+                     "groups": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                         "name": {"type": "string"}, "interval": {"type": "string"},
+                         "rules": {"type": "array", "items": {"type": "object", "required": ["expr"], "properties": {
+                             "alert": {"type": "string"}, "record": {"type": "string"},
+                             "expr": {"x-kubernetes-int-or-string": True},
+                             "for": {"type": "string", "pattern": MONITORING_DURATION},
+                             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                             "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                         }}}}}}}}}}}}],
+             },
+}
+
 
 def install_crd(cp: ControlPlane, crd: dict[str, Any]) -> None:
     """Apply a CRD and wait until it is Established and discoverable.
@@ -252,6 +276,7 @@ def cluster(control_plane: ControlPlane) -> ControlPlane:
     install_crd(control_plane, yaml.safe_load((REPO / "manifests" / "crd" / "clusterencryptionpolicies.yaml")
                                               .read_text()))
     install_crd(control_plane, SERVICEMONITOR_CRD)
+    install_crd(control_plane, PROMETHEUSRULE_CRD)
     control_plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     control_plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OTHER_NS}})
     return control_plane
