@@ -49,6 +49,7 @@ ldflags() {
           "$p" "$v" "$p" "$(cut -d. -f1 <<<"${v#v}")" "$p" "$(cut -d. -f2 <<<"$v")"
       done ;;
     helm) printf -- '-X helm.sh/helm/v3/internal/version.version=%s' "$HELM_VERSION" ;;
+    promtool) printf -- '-X github.com/prometheus/common/version.Version=3.%s' "${PROMETHEUS_VERSION#v0.3}" ;;
   esac
 }
 
@@ -61,3 +62,5 @@ build lua "$GOPHER_LUA_VERSION" argocd-lua=.
 build kstatus "$CLI_UTILS_VERSION" kstatus=.
 # The rewrite benchmark's ceiling: standard library only (hack/tools/loadgen), so no pinned version.
 build loadgen stdlib loadgen=.
+# promtool for the alert-rule tests; remove_all_sd leaves out the service-discovery plugins (cloud SDKs).
+GOFLAGS="$GOFLAGS -tags=remove_all_sd" build promtool "$PROMETHEUS_VERSION" promtool=github.com/prometheus/prometheus/cmd/promtool
