@@ -36,5 +36,8 @@ fresh lua
 
 fresh kstatus
 (cd "$here/kstatus" && go get "sigs.k8s.io/cli-utils@$CLI_UTILS_VERSION" && go mod tidy)
+# promtool: tool directive on cmd/promtool (built with -tags=remove_all_sd, see build.sh).
+fresh promtool
+(cd "$here/promtool" && go get -tool "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION")
 echo "pinned: kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION," \
-  "gopher-lua $GOPHER_LUA_VERSION, cli-utils $CLI_UTILS_VERSION"
+  "gopher-lua $GOPHER_LUA_VERSION, cli-utils $CLI_UTILS_VERSION, prometheus $PROMETHEUS_VERSION"
