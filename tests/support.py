@@ -33,3 +33,16 @@ def kubectl(cp: ControlPlane, *args: str, stdin: str | None = None, kubeconfig: 
     if check and result.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
     return result
+
+
+def unreachable_azure_env() -> dict[str, str]:
+    """Azure credentials that are configured but whose Entra ID cannot be reached (a closed local port).
+
+    ``aks-kms-operator run`` refuses to start without Azure credentials (one line, exit 78); tests of
+    the Kubernetes side that need no Azure use this: the operator starts with one warning line and
+    every reconcile reports the Azure failure in the policy's status.
+    """
+    from aks_kms_lab.controlplane import free_port
+
+    return {"AZURE_TENANT_ID": "00000000-0000-0000-0000-00000000000a", "AZURE_CLIENT_ID": "aks-kms-test",
+            "AZURE_CLIENT_SECRET": "unused", "AZURE_AUTHORITY_HOST": f"https://127.0.0.1:{free_port()}"}

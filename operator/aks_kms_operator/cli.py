@@ -22,9 +22,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    failed = _startup_checks(args)
-    if failed:
-        return failed
+    stop = _startup_checks(args)
+    if stop is not None:
+        return stop
     failed = _serve_metrics(args.metrics_address)
     if failed:
         return failed
@@ -60,7 +60,7 @@ def _serve_metrics(address: str) -> int:
     return 0
 
 
-def _startup_checks(args: argparse.Namespace) -> int:
+def _startup_checks(args: argparse.Namespace) -> int | None:
     """Kubernetes credentials, API server, CRD and Azure credentials, each failure one line (startup.py)."""
     from .startup import run_checks
 

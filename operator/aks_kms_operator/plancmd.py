@@ -60,7 +60,8 @@ def load_policy_file(path: str) -> dict[str, Any]:
     if not policies:
         if len(docs) == 1:
             return docs[0]  # validation names what is wrong with it (kind, apiVersion, …)
-        raise PlanError(f"{path} holds no {api.KIND} (kinds: {', '.join(sorted({str(d.get('kind')) for d in docs if isinstance(d, dict)}))})")
+        kinds = ", ".join(sorted({str(d.get("kind")) for d in docs if isinstance(d, dict)}))
+        raise PlanError(f"{path} holds no {api.KIND} (kinds: {kinds})")
     names = ", ".join(str((p.get("metadata") or {}).get("name")) for p in policies)
     raise PlanError(f"{path} holds {len(policies)} {api.KIND} objects ({names}): plan one at a time "
                     "(one file each, or plan NAME for a policy already in the cluster)")

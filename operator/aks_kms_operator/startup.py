@@ -19,8 +19,10 @@ surfaced only later, as a stream of errors per reconcile. Each check here ends i
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
+import signal
 import ssl
 import sys
 import time
@@ -126,10 +128,22 @@ async def check_kubernetes(source: CredentialSource, *, timeout: float = 10.0) -
         raise StartupProblem(f"TLS with the API server at {server} failed: {_first_line(err, 120)}",
                              "check the kubeconfig's server URL and certificates") from err
     except (aiohttp.ClientError, OSError, TimeoutError) as err:
-        reason = _first_line(err, 120) if str(err) else f"no answer within {timeout:g}s"
+        reason = _network_reason(err, timeout)
         raise StartupProblem(f"cannot reach the Kubernetes API server at {server} ({reason})",
                              "none if it is starting; otherwise check the server URL in the kubeconfig and the "
                              "network", transient=True) from err
+
+
+def _network_reason(err: BaseException, timeout: float) -> str:
+    """``connection refused``, ``no answer within 10s``, a DNS failure: without aiohttp's object reprs."""
+    cause = getattr(err, "os_error", None) or err
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, TimeoutError) or isinstance(err, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.split(" (", 1)[0]
+    return _first_line(cause, 120)
 
 
 # ----------------------------------------------------------------------------------------- Azure
@@ -168,6 +182,10 @@ def check_azure() -> str:
     except ValueError as err:  # e.g. an empty tenant or client ID with a client secret
         raise StartupProblem(f"the Azure credentials in the environment are incomplete: {_first_line(err)}",
                              AZURE_CREDENTIALS_FIX) from err
+    # azure-identity logs its own multi-line account of the failure as a warning; the line below says it once.
+    quiet = logging.getLogger("azure")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         credential.get_token(settings.arm_scope)
         return ""
@@ -191,6 +209,7 @@ def check_azure() -> str:
             "check AZURE_TENANT_ID, AZURE_CLIENT_ID and the client secret or federated credential "
             "(az identity federated-credential list)") from err
     finally:
+        quiet.setLevel(level)
         close = getattr(credential, "close", None)
         if close is not None:
             close()
@@ -205,13 +224,16 @@ def say(line: str) -> None:
 
 
 def run_checks(kubeconfig: str = "", *, sleep: Callable[[float], None] = time.sleep,
-               max_delay: float = 30.0) -> int:
-    """The startup preflight of ``run``: 0 to go on, ``EXIT_CONFIG`` to stop.
+               max_delay: float = 30.0) -> int | None:
+    """The startup preflight of ``run``: None to go on, else the exit code (``EXIT_CONFIG``, or 0 when
+    stopped while waiting).
 
     An unreachable API server is retried (2 s, 4 s, … up to ``max_delay``) with one line per attempt;
-    everything else that is wrong stops the process with one line. Ctrl-C while waiting exits 130.
+    everything else that is wrong stops the process with one line. SIGTERM while waiting exits 0 (a
+    clean stop, like SIGTERM to the running operator), Ctrl-C 130.
     """
     delay = 2.0
+    previous = signal.signal(signal.SIGTERM, _stop)  # kopf installs its own handler later
     try:
         source = kube_source(kubeconfig)
         while True:
@@ -227,9 +249,22 @@ def run_checks(kubeconfig: str = "", *, sleep: Callable[[float], None] = time.sl
         warning = check_azure()
         if warning:
             say(warning)
-        return 0
+        return None
     except StartupProblem as problem:
         say(str(problem))
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except _Stopped:
+        return 0  # asked to stop while waiting for the API server: a clean stop, as after kopf.run
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopped(SystemExit):
+    """SIGTERM while the startup checks wait. A SystemExit, because asyncio's event loop logs and swallows
+    ordinary exceptions raised in its callbacks, where a signal handler may run."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped()
