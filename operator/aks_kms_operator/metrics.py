@@ -173,12 +173,18 @@ def _epoch(when: dt.datetime | None) -> float | None:
     return when.timestamp() if when is not None else None
 
 
-def record_policy(policy: str, *, phase: str, ready: bool, slots: dict[str, SlotFacts], encrypted_with: str,
+def record_policy(policy: str, *, phase: str, ready: bool, slots: dict[str, SlotFacts] | None, encrypted_with: str,
                   newer_version: bool | None) -> None:
-    """Publish one reconcile's report of a policy (called where status is written)."""
+    """Publish one reconcile's report of a policy (called where status is written).
+
+    ``slots`` None: AKS could not be read this time; the key series keep their last values rather
+    than vanish (an alert on them must not resolve because of one failed read)."""
     for p in {*PHASES, phase}:
         POLICY_PHASE.labels(policy, p).set(1 if p == phase else 0)
     POLICY_READY.labels(policy).set(1 if ready else 0)
+    ENCRYPTED_WITH.labels(policy).info({"key_id": encrypted_with or "", "key_version": _version_of(encrypted_with)})
+    if slots is None:
+        return
     for slot in SLOTS:
         facts = slots.get(slot)
         if facts is None or not facts.key_id or facts.key_id == IDENTITY:
@@ -198,7 +204,6 @@ def record_policy(policy: str, *, phase: str, ready: bool, slots: dict[str, Slot
         _remove(KEY_NEWER, policy)
     else:
         KEY_NEWER.labels(policy).set(1 if newer_version else 0)
-    ENCRYPTED_WITH.labels(policy).info({"key_id": encrypted_with or "", "key_version": _version_of(encrypted_with)})
 
 
 def _version_of(key_id: str) -> str:

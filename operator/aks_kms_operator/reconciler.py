@@ -23,11 +23,12 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import planning
+from . import metrics, planning
 from . import status as st
 from .api import v1alpha1 as api
 from .api.schema import dump, parse
@@ -147,12 +148,28 @@ class Reconciler:
     # ------------------------------------------------------------------ entry point
 
     async def reconcile(self, name: str, *, deleting: bool = False) -> Decision | None:
-        """One reconcile; returns the decision acted on (None when the policy is gone)."""
+        """One reconcile; returns the decision acted on (None when the policy is gone).
+
+        Timed for ``aks_kms_reconcile_duration_seconds``; an exception, handled here or not, counts in
+        ``aks_kms_reconcile_errors_total`` by its class name (a bounded set)."""
+        t0 = time.monotonic()
+        try:
+            decision, error = await self._reconcile(name, deleting)
+        except Exception as err:
+            metrics.record_reconcile("Error", time.monotonic() - t0, type(err).__name__)
+            raise
+        if decision is None:
+            metrics.forget_policy(name)
+        else:
+            metrics.record_reconcile(decision.next_step.value, time.monotonic() - t0, error)
+        return decision
+
+    async def _reconcile(self, name: str, deleting: bool) -> tuple[Decision | None, str | None]:
         try:
             body = await self.kube.request("GET", f"{POLICIES}/{name}")
         except KubeError as err:
             if err.status == 404:
-                return None
+                return None, None
             raise
         obs = Observation(body, parse(api.PolicySpec, body.get("spec")), parse(api.PolicyStatus, body.get("status")),
                           int(body["metadata"].get("generation") or 0))
@@ -162,10 +179,11 @@ class Reconciler:
             # must never become the owner later (once the owner is gone) and act on its deletionPolicy.
             return Decision(Step.READY, (), "NotOwner",
                             "this policy does not manage the cluster; deleting it changes nothing in Azure",
-                            phase="Deleting")
+                            phase="Deleting"), None
         if conflict is not None:
             await self._report(obs, conflict, obs.status)
-            return conflict
+            return conflict, None
+        error: str | None = None
         try:
             decision = await self._plan(obs, deleting)
             if decision.next_step is Step.CHECK:
@@ -173,27 +191,33 @@ class Reconciler:
                 decision = await self._plan(obs, deleting, findings)
             status = await self._act(obs, decision)
         except (AzureThrottled, AzureConflict) as err:
+            error = type(err).__name__
             decision = self._transient(obs, err, getattr(err, "retry_after", None))
             status = obs.status
         except AzureNotFound as err:
+            error = type(err).__name__
             decision = Decision(Step.BLOCKED, (), "ClusterNotFound", str(err),
                                 "check spec.cluster (subscriptionId, resourceGroup, name) against az aks list",
                                 self.settings.error_retry, "Blocked")
             status = obs.status
         except AzureRejected as err:
+            error = type(err).__name__
             decision = Decision(Step.BLOCKED, (), err.code or "AzureRejected", str(err),
                                 "read the error, fix its cause in Azure, then the operator retries",
                                 self.settings.error_retry, "Blocked")
             status = obs.status
         except AzureGatewayError as err:
+            error = type(err).__name__
             decision = self._transient(obs, err, None)
             status = obs.status
         except KeySwitchNotProven as err:
+            error = type(err).__name__
             decision = Decision(Step.BLOCKED, (), err.reason, str(err),
                                 "check the API server's KMS plugin health (kubectl get --raw /readyz?verbose); "
                                 "the operator probes again", self.settings.error_retry, "WaitingForKeySwitch")
             status = obs.status
         except RewriteIncomplete as err:
+            error = type(err).__name__
             failures = ", ".join(err.failures[:3])
             decision = Decision(Step.BLOCKED, (), "RewriteFailed",
                                 f"{err.failed} Secret(s) could not be re-encrypted ({failures})",
@@ -201,7 +225,7 @@ class Reconciler:
                                 "walks every namespace again", self.settings.error_retry, "Failed")
             status = err.status
         await self._report(obs, decision, status)
-        return decision
+        return decision, error
 
     def _transient(self, obs: Observation, err: Exception, retry_after: float | None) -> Decision:
         delay = retry_after if retry_after is not None else self.settings.error_retry
@@ -323,6 +347,7 @@ class Reconciler:
         """
         s = self.settings
         op = status.operation
+        metrics.init_key_switch(obs.name)
         async with fresh_client(self.kube) as probe:
             if op.step and op.canary_resource_version:
                 baseline, require_change = Canary(op.canary_resource_version, op.canary_uid), not op.canary_recreated
@@ -332,6 +357,8 @@ class Reconciler:
                 result = await wait_for_key_switch(
                     probe, s.namespace, baseline, require_change=require_change, window=s.key_switch_window,
                     interval=s.key_switch_interval, min_probes=s.key_switch_probes, timeout=s.key_switch_timeout)
+                metrics.record_key_switch(obs.name, reason=result.reason, probes=result.probes,
+                                          seconds=result.elapsed_seconds)
                 if result.reason not in (CANARY_GONE, CANARY_REPLACED):
                     break
                 baseline, require_change = await ensure_canary(probe, s.namespace), False
@@ -363,8 +390,10 @@ class Reconciler:
         await self._patch_status({"phase": "Rewriting",
                                   "message": f"re-encrypting Secrets for {planning.short(step.key_id)}"}, obs.name)
         engine = RewriteEngine(self.kube, step.key_id, options=RewriteOptions.from_spec(obs.spec.rewrite),
-                               checkpoint=PolicyStatusStore(self.kube, obs.name), paused=await self._paused_check(obs))
-        result = await engine.run()
+                               checkpoint=metrics.MeteredCheckpoints(PolicyStatusStore(self.kube, obs.name), obs.name,
+                                                                     "rewrite"),
+                               paused=await self._paused_check(obs))
+        result = await _metered_run(engine, obs.name, "rewrite")
         fresh = await self.kube.request("GET", f"{POLICIES}/{obs.name}")
         status = dataclasses.replace(status, rewrite=parse(api.RewriteStatus,
                                                           (fresh.get("status") or {}).get("rewrite")))
@@ -404,9 +433,10 @@ class Reconciler:
                                   "message": f"verification pass {number} for {planning.short(key)}"}, obs.name)
         async with fresh_client(self.kube) as fresh:
             engine = RewriteEngine(fresh, key, options=RewriteOptions.from_spec(obs.spec.rewrite),
-                                   checkpoint=VerificationStore(self.kube, obs.name, number),
+                                   checkpoint=metrics.MeteredCheckpoints(VerificationStore(self.kube, obs.name, number),
+                                                                         obs.name, "verification"),
                                    paused=await self._paused_check(obs), label=f"verification pass {number}")
-            result = await engine.run()
+            result = await _metered_run(engine, obs.name, "verification")
         stored = await self.kube.request("GET", f"{POLICIES}/{obs.name}")
         status = dataclasses.replace(status, verification=parse(
             api.VerificationStatus, (stored.get("status") or {}).get("verification")))
@@ -485,9 +515,37 @@ class Reconciler:
             if after != before:
                 out[name] = dump(after)
         await self._patch_status(out, obs.name)
-        before = st.condition(dump(obs.status).get("conditions") or [], st.STALLED) or {}
+        before_conds = dump(obs.status).get("conditions") or []
+        before = st.condition(before_conds, st.STALLED) or {}
         if stalled and (before.get("status") != "True" or before.get("reason") != decision.reason):
             self.events(obs.body, "Warning", decision.reason, planning.describe(decision))
+        health = st.condition(conds, st.KEY_HEALTHY) or {}
+        if (health.get("reason") == PREVIOUS_KEY_EXPIRES_SOON
+                and (st.condition(before_conds, st.KEY_HEALTHY) or {}).get("reason") != PREVIOUS_KEY_EXPIRES_SOON):
+            self.events(obs.body, "Warning", PREVIOUS_KEY_EXPIRES_SOON, str(health.get("message") or ""))
+        self._publish(obs, status, conds, state, key_states)
+
+    def _publish(self, obs: Observation, status: api.PolicyStatus, conds: list[dict[str, Any]], state: Any,
+                 key_states: list[KeyState]) -> None:
+        """The reported status as metrics (``aks_kms_operator.metrics``): phase, Ready, both key slots,
+        encryptedWith, and whether a newer key version waits to be followed."""
+        ready = (st.condition(conds, st.READY) or {}).get("status") == "True"
+        slots: dict[str, metrics.SlotFacts] | None = None
+        newer: bool | None = None
+        if state is not None:
+            by_id = {k.key_id.lower(): k for k in key_states}
+            keys = status.keys
+            slots = {
+                "current": metrics.SlotFacts(keys.current.key_id, by_id.get(keys.current.key_id.lower()),
+                                             bool(keys.current.key_id)),
+                "previous": metrics.SlotFacts(keys.previous.key_id, by_id.get(keys.previous.key_id.lower()),
+                                              previous_key_protects_secrets(keys, status.encrypted_with, state)),
+            }
+            if obs.spec.rotation.follow_latest_version and obs.spec.kms.enabled and obs.key_versions:
+                newest = planning.newest_version(obs.spec.kms.key_id, obs.key_versions, _now())
+                newer = bool(newest and state.kms_enabled and not same_key(newest, state.key_id))
+        metrics.record_policy(obs.name, phase=status.phase, ready=ready, slots=slots,
+                              encrypted_with=status.encrypted_with, newer_version=newer)
 
     async def _key_states(self, keys: api.KeyLedger, state: Any) -> list[KeyState]:
         wanted = {k for k in (keys.current.key_id, keys.previous.key_id, state.key_id if state.kms_enabled else "")
@@ -511,7 +569,8 @@ class Reconciler:
                                  f"AKS: KMS {'on' if state.kms_enabled else 'off'}"
                                  f"{', key ' + planning.short(state.key_id) if state.kms_enabled else ''}, "
                                  f"provisioningState {state.provisioning_state}", generation=gen)
-        healthy, reason, message = key_health(status.keys, key_states, state, _now(), expiry_warning)
+        healthy, reason, message = key_health(status.keys, key_states, state, _now(), expiry_warning,
+                                              encrypted_with=status.encrypted_with)
         conds = st.set_condition(conds, st.KEY_HEALTHY, healthy, reason, message, generation=gen)
         encrypted = same_key(status.encrypted_with, observed.write_key)
         conds = st.set_condition(
@@ -525,14 +584,33 @@ class Reconciler:
                                 content_type=MERGE_PATCH)
 
 
+PREVIOUS_KEY_EXPIRES_SOON = "PreviousKeyExpiresSoon"
+
+
+def previous_key_protects_secrets(keys: api.KeyLedger, encrypted_with: str, cluster: Any) -> bool:
+    """Secrets may still be stored under AKS's previous key: no verification pass has yet proved every
+    Secret is written under the key AKS writes with now (``status.encryptedWith``)."""
+    if not keys.previous.key_id or keys.previous.key_id == IDENTITY:
+        return False
+    return not same_key(encrypted_with, planning.KmsConfig.of_cluster(cluster).write_key)
+
+
 def key_health(keys: api.KeyLedger, states: list[KeyState], cluster: Any, now: dt.datetime,
-               warning: dt.timedelta) -> tuple[bool, str, str]:
-    """KeyHealthy: every key AKS loads (current and previous) exists, is enabled and unexpired."""
+               warning: dt.timedelta, *, encrypted_with: str | None = None) -> tuple[bool, str, str]:
+    """KeyHealthy: every key AKS loads (current and previous) exists, is enabled and unexpired.
+
+    A previous key that expires within ``warning`` while Secrets may still be stored under it
+    (``encrypted_with`` is not yet the key AKS writes with) makes KeyHealthy False with
+    ``PreviousKeyExpiresSoon``: once it expires, the API server can no longer read those Secrets, and
+    nothing but a finished re-encryption (or a later expiry) prevents that. ``encrypted_with`` None:
+    unknown, every expiring key is only a warning (``KeyExpiresSoon``)."""
     loaded = [k for k in (cluster.key_id if cluster.kms_enabled else "", keys.previous.key_id) if k]
     if not loaded:
         return True, "NoKeyInUse", "KMS is off and no key is loaded"
     by_id = {s.key_id.lower(): s for s in states}
     soon: list[str] = []
+    protecting = encrypted_with is not None and previous_key_protects_secrets(keys, encrypted_with, cluster)
+    previous_soon = ""
     for key_id in loaded:
         s = by_id.get(key_id.lower())
         label = planning.short(key_id)
@@ -550,6 +628,15 @@ def key_health(keys: api.KeyLedger, states: list[KeyState], cluster: Any, now: d
                                        f"--expires <later date> --id {key_id}, then rotate"
         if s.expires_within(now, warning):
             soon.append(f"{label} expires at {s.expires_on:%Y-%m-%dT%H:%MZ}")
+            if protecting and same_key(key_id, keys.previous.key_id) and not (
+                    cluster.kms_enabled and same_key(key_id, cluster.key_id)):
+                previous_soon = (f"the previous key {label} expires at {s.expires_on:%Y-%m-%dT%H:%MZ} and Secrets "
+                                 "may still be stored under it until the re-encryption toward "
+                                 f"{planning.short(planning.KmsConfig.of_cluster(cluster).write_key)} is verified. "
+                                 f"Fix: az keyvault key set-attributes --expires <later date> --id {key_id}, and "
+                                 "let the re-encryption finish (kubectl get cep -o wide shows its progress)")
+    if previous_soon:
+        return False, PREVIOUS_KEY_EXPIRES_SOON, previous_soon
     if soon:
         return True, "KeyExpiresSoon", "; ".join(soon) + ": extend the expiry or rotate"
     return True, "KeysValid", "every key AKS loads is enabled and unexpired"
@@ -569,6 +656,19 @@ class RewriteIncomplete(Exception):
         self.failed = failed
         self.failures = failures
         self.status = status
+
+
+async def _metered_run(engine: RewriteEngine, policy: str, kind: str) -> Any:
+    """``engine.run()`` between the in-progress gauge's 1 and 0; the run's 429s and completion time
+    go to the metrics when it returns (its per-Secret counts arrive through ``MeteredCheckpoints``)."""
+    metrics.rewrite_started(policy, kind)
+    completed, throttled = False, 0
+    try:
+        result = await engine.run()
+        completed, throttled = bool(result.completed), int(getattr(result, "throttled", 0) or 0)
+        return result
+    finally:
+        metrics.rewrite_ended(policy, kind, throttled=throttled, completed=completed)
 
 
 def _was_conflict(status: api.PolicyStatus) -> bool:

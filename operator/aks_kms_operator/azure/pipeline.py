@@ -6,6 +6,7 @@ behaviour are the same for ARM, Key Vault and the thin ARM reader.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,6 +16,7 @@ from azure.core.pipeline.policies import RetryPolicy
 from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import ClientSecretCredential, DefaultAzureCredential, WorkloadIdentityCredential
 
+from .. import metrics
 from .config import AzureSettings
 
 KEY_VAULT_SUFFIXES = (
@@ -53,7 +55,30 @@ class BoundedRetryPolicy(RetryPolicy):
         return bool(super().is_retry(settings, response))
 
 
-class KeyVaultRedirectTransport(RequestsTransport):
+class MeteredTransport(RequestsTransport):
+    """Counts and times every HTTP try to Azure (``aks_kms_operator.metrics``).
+
+    The transport is the one place every request of every SDK client passes, once per try: retries
+    and Key Vault's 401 challenge round trip included, which is what a throttling or latency panel
+    must show. The operation label comes from the URL (a fixed vocabulary, never a resource name).
+    """
+
+    def __init__(self, *, service: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.service = service
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        operation = metrics.azure_operation(self.service, request.method, request.url)
+        start, code = time.monotonic(), "error"
+        try:
+            response = super().send(request, **kwargs)
+            code = str(response.status_code)
+            return response
+        finally:
+            metrics.observe_azure(self.service, operation, code, time.monotonic() - start)
+
+
+class KeyVaultRedirectTransport(MeteredTransport):
     """Sends Key Vault requests to another origin while keeping ``Host: <vault>.vault.azure.net``.
 
     The URL is rewritten only for the duration of the send and restored afterwards, because
@@ -62,7 +87,7 @@ class KeyVaultRedirectTransport(RequestsTransport):
     """
 
     def __init__(self, endpoint: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(service="keyvault", **kwargs)
         self._target = urlsplit(endpoint)
 
     def send(self, request: Any, **kwargs: Any) -> Any:
@@ -100,7 +125,7 @@ def client_kwargs(settings: AzureSettings, *, key_vault: bool = False) -> dict[s
     if key_vault and settings.keyvault_endpoint:
         transport = KeyVaultRedirectTransport(settings.keyvault_endpoint, **transport_kwargs)
     else:
-        transport = RequestsTransport(**transport_kwargs)
+        transport = MeteredTransport(service="keyvault" if key_vault else "arm", **transport_kwargs)
     return {"transport": transport, "retry_policy": retry_policy(settings)}
 
 
