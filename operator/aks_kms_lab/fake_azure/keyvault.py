@@ -10,7 +10,8 @@ operator's ``KeyVaultRedirectTransport`` (configured by ``AKS_KMS_KEYVAULT_ENDPO
 127.0.0.1, which is what the fake's certificate names. A plain client can do the same with
 ``curl --resolve`` or by setting the Host header.
 
-Served (any api-version): ``POST /keys/{n}/create``, ``POST /keys/{n}/rotate``, ``GET /keys``,
+Served (any api-version): ``POST /keys/{n}/create``, ``POST /keys/{n}/rotate``,
+``GET|PUT /keys/{n}/rotationpolicy``, ``GET /keys``,
 ``GET /keys/{n}[/]`` (latest), ``GET /keys/{n}/versions``, ``GET|PATCH /keys/{n}/{v}``,
 ``POST /keys/{n}/{v}/encrypt|decrypt|wrapkey|unwrapkey`` with RSA-OAEP-256, RSA-OAEP and RSA1_5.
 
@@ -19,6 +20,13 @@ Refusals use Key Vault's shapes: no token → 401 plus the ``WWW-Authenticate`` 
 disabled, expired or not-yet-valid version → 403 ``Forbidden`` with inner ``KeyDisabled``,
 ``KeyExpired`` (message "Operation encrypt is not allowed on an expired key.") or ``KeyNotYetValid``.
 Listing versions works on disabled keys (it carries no key material), as in Azure.
+
+Rotation policies behave as Key Vault's: a ``Rotate`` lifetime action triggered ``timeAfterCreate``
+(age of the newest version) or ``timeBeforeExpiry`` creates a new version by itself, dated when it
+fell due, and ``attributes.expiryTime`` dates the expiry of every version a rotation creates (manual
+or automatic). Key Vault acts on its own clock; the fake does so whenever it serves a request
+(:func:`rotate_due`), which no client can tell apart. ``FakeState.rotation_day_seconds`` is the length
+of a policy day (86400 unless a lab shortens it).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from . import entra
-from .state import KV_SUFFIX, FakeState, KeyVersion, Token, Vault, b64url, b64url_decode, now_utc
+from .state import KV_SUFFIX, FakeState, KeyVersion, Token, Vault, b64url, b64url_decode, epoch, now_utc
 from .wire import ApiError, Request, Response, json_body
 
 KV_AUDIENCE = "https://vault.azure.net"
@@ -198,6 +206,97 @@ def crypto(key: KeyVersion, operation: str, body: dict[str, Any]) -> dict[str, A
     return {"kid": key.kid, "value": b64url(out)}
 
 
+_ISO_DURATION = re.compile(r"P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?")
+
+
+def policy_duration(text: str, day_seconds: float) -> dt.timedelta:
+    """An ISO 8601 duration of a rotation policy (``P90D``, ``P1Y``, ``P2M``, ``PT12H``) in real time,
+    a policy day lasting ``day_seconds`` (Key Vault counts a year as 365 days, a month as 30)."""
+    m = _ISO_DURATION.fullmatch(str(text or ""))
+    if not m or text in ("P", "PT") or not any(m.groups()):
+        raise ApiError(400, "BadParameter", f"Invalid ISO 8601 duration {text!r} in the rotation policy.")
+    y, mo, w, d, h, mi, sec = (int(g or 0) for g in m.groups())
+    days = y * 365 + mo * 30 + w * 7 + d + (h * 3600 + mi * 60 + sec) / 86400
+    return dt.timedelta(seconds=days * day_seconds)
+
+
+def _policy_body(vault: Vault, name: str, stored: dict[str, Any] | None) -> dict[str, Any]:
+    """GET rotationpolicy: the stored policy, or Key Vault's default (notify 30 days before expiry)."""
+    ident = f"https://{vault.name.lower()}.{KV_SUFFIX}/keys/{name}/rotationpolicy"
+    if stored is None:
+        return {"id": ident, "lifetimeActions": [{"trigger": {"timeBeforeExpiry": "P30D"},
+                                                  "action": {"type": "Notify"}}],
+                "attributes": {"created": None, "updated": None}}
+    return {"id": ident, **stored}
+
+
+def _put_policy(state: FakeState, vault: Vault, name: str, body: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    actions = body.get("lifetimeActions") or []
+    for action in actions:
+        kind = str((action.get("action") or {}).get("type", "")).lower()
+        trigger = action.get("trigger") or {}
+        if kind not in ("rotate", "notify"):
+            raise ApiError(400, "BadParameter", f"Unknown lifetime action type {kind!r} (Rotate, Notify).")
+        given = [k for k in ("timeAfterCreate", "timeBeforeExpiry") if trigger.get(k)]
+        if len(given) != 1:
+            raise ApiError(400, "BadParameter", "A lifetime action's trigger needs exactly one of timeAfterCreate "
+                                                "and timeBeforeExpiry.")
+        policy_duration(trigger[given[0]], state.rotation_day_seconds)
+    attrs = dict(body.get("attributes") or {})
+    if attrs.get("expiryTime"):
+        policy_duration(attrs["expiryTime"], state.rotation_day_seconds)
+    old = vault.rotation_policies.get(name.lower())
+    created = (old or {}).get("attributes", {}).get("created") or epoch(now)
+    stored = {"lifetimeActions": actions,
+              "attributes": {**({"expiryTime": attrs["expiryTime"]} if attrs.get("expiryTime") else {}),
+                             "created": created, "updated": epoch(now)}}
+    vault.rotation_policies[name.lower()] = stored
+    return stored
+
+
+def _rotate(state: FakeState, vault: Vault, name: str, current: KeyVersion, at: dt.datetime) -> KeyVersion:
+    """A new version like ``current``, created ``at``; the policy's expiryTime dates its expiry."""
+    key = new_version(vault, name, kty=current.kty, ops=current.ops)
+    key.created = key.updated = at
+    expiry = ((vault.rotation_policies.get(name.lower()) or {}).get("attributes") or {}).get("expiryTime")
+    if expiry:
+        key.expires_on = at + policy_duration(expiry, state.rotation_day_seconds)
+    return key
+
+
+def _due(state: FakeState, policy: dict[str, Any], latest: KeyVersion) -> dt.datetime | None:
+    """When the policy's Rotate action falls due for the newest version ``latest`` (earliest trigger)."""
+    times: list[dt.datetime] = []
+    for action in policy.get("lifetimeActions") or []:
+        if str((action.get("action") or {}).get("type", "")).lower() != "rotate":
+            continue
+        trigger = action.get("trigger") or {}
+        if trigger.get("timeAfterCreate"):
+            times.append(latest.created + policy_duration(trigger["timeAfterCreate"], state.rotation_day_seconds))
+        elif trigger.get("timeBeforeExpiry") and latest.expires_on is not None:
+            times.append(latest.expires_on - policy_duration(trigger["timeBeforeExpiry"], state.rotation_day_seconds))
+    return min(times) if times else None
+
+
+def rotate_due(state: FakeState, now: dt.datetime | None = None, *, limit: int = 50) -> list[str]:
+    """Every rotation Key Vault's own clock would have made by ``now``; returns the new key IDs.
+
+    Each new version is dated when it fell due, so a version that falls due again later (a short
+    timeAfterCreate) rotates again, as Key Vault would have. Call with ``state.lock`` held."""
+    now = now or now_utc()
+    made: list[str] = []
+    for vault in state.vaults.values():
+        for name, policy in vault.rotation_policies.items():
+            versions = vault.keys.get(name)
+            while versions and len(made) < limit:
+                latest = versions[-1]
+                due = _due(state, policy, latest)
+                if due is None or due > now:
+                    break
+                made.append(_rotate(state, vault, latest.name, latest, max(due, latest.created)).kid)
+    return made
+
+
 def handle(state: FakeState, base_url: str, vault_name: str, request: Request) -> Response:
     """Serve one Key Vault request for ``vault_name``. Call with ``state.lock`` held."""
     challenge = challenge_header(base_url, state.tenant_id)
@@ -219,6 +318,7 @@ def handle(state: FakeState, base_url: str, vault_name: str, request: Request) -
         if blocked is not None:
             raise blocked
     path, method, now = request.path.rstrip("/"), request.method, now_utc()
+    rotate_due(state, now)
 
     if method == "GET" and path == "/keys":
         latest = [versions[-1] for versions in vault.keys.values() if versions]
@@ -244,8 +344,20 @@ def handle(state: FakeState, base_url: str, vault_name: str, request: Request) -
         current = state.find_key(vault.name, m[1])
         if current is None:
             raise _not_found(m[1])
-        key = new_version(vault, m[1], kty=current.kty, ops=current.ops)
+        key = _rotate(state, vault, current.name, current, now)
         return Response(200, key.bundle(), write_summary={"op": "rotate", "kid": key.kid})
+
+    if m := re.fullmatch(rf"/keys/({_NAME})/rotationpolicy", path):
+        if state.find_key(vault.name, m[1]) is None:
+            raise _not_found(m[1])
+        if method == "GET":
+            return Response(200, _policy_body(vault, m[1], vault.rotation_policies.get(m[1].lower())))
+        if method == "PUT":
+            stored = _put_policy(state, vault, m[1], json_body(request), now)
+            return Response(200, _policy_body(vault, m[1], stored),
+                            write_summary={"op": "rotationpolicy", "key": m[1],
+                                           "lifetimeActions": stored["lifetimeActions"]})
+        raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on a rotation policy.")
 
     if (m := re.fullmatch(rf"/keys/({_NAME})/versions", path)) and method == "GET":
         versions = state.key_versions(vault.name, m[1])
@@ -288,4 +400,4 @@ def handle(state: FakeState, base_url: str, vault_name: str, request: Request) -
     raise ApiError(404, "NotFound", f"No Key Vault route for {method} {request.path}.")
 
 
-__all__ = ["KV_AUDIENCE", "handle", "new_version", "refusal", "vault_name_of"]
+__all__ = ["KV_AUDIENCE", "handle", "new_version", "policy_duration", "refusal", "rotate_due", "vault_name_of"]

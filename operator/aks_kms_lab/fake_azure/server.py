@@ -588,6 +588,12 @@ class FakeAzure:
             self._faults.clear()
             self._lost.clear()
 
+    def set_rotation_day_seconds(self, seconds: float) -> None:
+        """Length in real seconds of one day of a Key Vault rotation policy (``P30D``…): the lab shortens
+        Key Vault's clock so a test sees it rotate a key by itself (keyvault.rotate_due)."""
+        with self._state.lock:
+            self._state.rotation_day_seconds = float(seconds)
+
     def set_lro(
         self,
         seconds: float | None = None,

@@ -115,6 +115,8 @@ class Vault:
     # (object_id, key permissions)
     access_policies: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     keys: dict[str, list[KeyVersion]] = field(default_factory=dict)  # name -> versions, oldest first
+    # name -> rotation policy as Key Vault stores it (lifetimeActions, attributes.expiryTime, created/updated)
+    rotation_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def resource_id(self) -> str:
@@ -311,6 +313,9 @@ class FakeState:
         self.tokens: dict[str, Token] = {}
         self.clients: dict[str, tuple[str, str | None]] = {}  # client id -> (principal id, secret)
         self.lro = LroSettings()
+        # Real seconds per day of a Key Vault rotation policy's ISO 8601 durations (P30D, P1Y…). 86400 is
+        # Key Vault's clock; the lab shortens it so a test sees Key Vault rotate a key by itself.
+        self.rotation_day_seconds = 86400.0
         # Subscriptions and resource groups come into being with the first resource seeded in them
         # (``ensure_group``), so ``az login`` lists the subscription and ``az group show`` finds the group.
         self.subscriptions: dict[str, str] = {}  # lower-case id -> id as written
