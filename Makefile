@@ -8,6 +8,9 @@ SIZES   ?= 1000 10000 50000
 RUNS    ?= 10
 SEED    ?= 20261201
 STEPS   ?= 6
+# Test files run on JOBS parallel workers (one file stays on one worker, in order): the suites mostly wait
+# on API servers and AKS operations, so 3 workers fit 2 cores. JOBS=0 runs them in this process.
+JOBS    ?= 3
 BENCH_JSON ?=
 
 .PHONY: help venv tools setup crd base azure-cli lint test test-unit test-integration test-e2e chaos demo bench clean
@@ -77,7 +80,7 @@ test-e2e: setup $(AZ_CLI)
 # make test includes one short fixed chaos schedule (tests/chaos, CHAOS_* defaults in its conftest).
 test: setup lint $(AZ_CLI)
 	rm -f $${CHAOS_REPORT:-.cache/chaos/report.json}
-	$(PYTEST) tests/unit tests/integration tests/e2e tests/chaos -q
+	$(PYTEST) tests/unit tests/integration tests/e2e tests/chaos -q -n $(JOBS) --dist loadfile
 	$(PY) -m tests.chaos.report
 
 # Longer chaos: RUNS seeded schedules of STEPS changes each, starting at SEED; prints the report.

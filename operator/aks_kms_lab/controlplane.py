@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -62,10 +63,57 @@ def tool(name: str) -> Path:
     return path
 
 
-def free_port() -> int:
+# Ports handed out by this process and not yet known to be bound by their server (see free_port).
+_handed_out: set[int] = set()
+
+
+def _port_range() -> tuple[int, int] | None:
+    """``AKS_KMS_LAB_PORTS=LO-HI`` (both included): ports from this range only; None: the kernel chooses.
+
+    Parallel test workers (``pytest -n``) each get their own range below the kernel's ephemeral range, so
+    two labs starting at once never pick the same port, and no outgoing connection (which takes its local
+    port from the ephemeral range) can grab a port between our probe and the server's own bind.
+    """
+    raw = os.environ.get("AKS_KMS_LAB_PORTS", "").strip()
+    if not raw:
+        return None
+    try:
+        lo, hi = (int(part) for part in raw.split("-", 1))
+    except ValueError:
+        raise ValueError(f"AKS_KMS_LAB_PORTS={raw!r}: expected LO-HI, e.g. 20000-21499") from None
+    if not 1024 <= lo < hi <= 65535:
+        raise ValueError(f"AKS_KMS_LAB_PORTS={raw!r}: expected 1024 <= LO < HI <= 65535")
+    return lo, hi
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, for a server we are about to start."""
+    span = _port_range()
+    if span is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    lo, hi = span  # both ends included
+    size = hi - lo + 1
+    start = random.randrange(size)
+    for offset in range(size):
+        port = lo + (start + offset) % size
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            if len(_handed_out) > size // 2:  # long runs: forget what was handed out, those servers are bound
+                _handed_out.clear()
+                _handed_out.add(port)
+            return port
+    raise ControlPlaneError(f"no free port left in AKS_KMS_LAB_PORTS={lo}-{hi}")
 
 
 class ControlPlaneError(RuntimeError):
