@@ -28,7 +28,7 @@ import yaml
 
 from aks_kms_lab.controlplane import ControlPlane, free_port, tool
 
-from ..support import kubectl, wait_for
+from ..support import kubectl, unreachable_azure_env, wait_for
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -538,7 +538,7 @@ def test_the_real_operator_runs_under_the_chart_rbac(cluster: ControlPlane, oper
     port = free_port()
     log = tmp_path / "operator.log"
     name = "chart-operator"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": "chart-operator-0"}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": "chart-operator-0", **unreachable_azure_env()}
     script = Path(sys.executable).parent / "aks-kms-operator"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(script), "run", f"--liveness=http://127.0.0.1:{port}/healthz",

@@ -42,7 +42,7 @@ import yaml
 from aks_kms_lab.controlplane import ControlPlane, free_port
 from aks_kms_operator.kube import Credentials, CredentialSource, KubeClient
 
-from ..support import wait_for
+from ..support import unreachable_azure_env, wait_for
 
 pytestmark = pytest.mark.integration
 NS = "creds-test"
@@ -317,7 +317,7 @@ def test_operator_process_logs_in_with_an_exec_plugin(crd_installed: ControlPlan
     point_plugin_at(folder, first)
     log = tmp_path / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "AKS_KMS_NAMESPACE": NS, "POD_NAME": "exec-operator",
-           "AKS_KMS_ERROR_RETRY_SECONDS": "2"}
+           "AKS_KMS_ERROR_RETRY_SECONDS": "2", **unreachable_azure_env()}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     script = Path(sys.executable).parent / "aks-kms-operator"
     names = ["creds-exec-1", "creds-exec-2"]

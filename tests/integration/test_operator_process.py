@@ -13,7 +13,7 @@ import pytest
 
 from aks_kms_lab.controlplane import free_port
 
-from ..support import wait_for
+from ..support import unreachable_azure_env, wait_for
 
 pytestmark = pytest.mark.integration
 SCRIPT = Path(sys.executable).parent / "aks-kms-operator"
@@ -26,7 +26,8 @@ def test_operator_acknowledges_a_policy_and_exits_cleanly_on_sigterm(crd_install
     cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "aks-kms-system"}})
     port = free_port()
     log = tmp_path / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
+    # Azure credentials are configured but Entra ID is unreachable: the operator starts (with one warning line)
+    env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), **unreachable_azure_env()}
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [str(SCRIPT), "run", f"--liveness=http://127.0.0.1:{port}/healthz", "--log-format=json"],
@@ -48,7 +49,7 @@ def test_operator_acknowledges_a_policy_and_exits_cleanly_on_sigterm(crd_install
 
         obj = wait_for(acknowledged, timeout=60, what="status.observedGeneration")
         status = obj["status"]
-        # No Azure is reachable from this test (no credentials, no fake): the operator must say so
+        # No Azure is reachable from this test (no Entra ID, no fake): the operator must say so
         # in kstatus terms rather than crash or stay silent.
         types = {c["type"]: c for c in status["conditions"]}
         assert types["Ready"]["status"] == "False"
@@ -67,8 +68,11 @@ def test_operator_acknowledges_a_policy_and_exits_cleanly_on_sigterm(crd_install
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    # JSON logs, one object a line
-    first = next(line for line in log.read_text().splitlines() if line.startswith("{"))
+    # one line about Azure before logging starts, then JSON logs, one object a line
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("aks-kms-operator: cannot reach Entra ID at https://127.0.0.1:"), lines[0]
+    assert "Traceback" not in log.read_text()
+    first = next(line for line in lines if line.startswith("{"))
     assert '"message"' in first
     # the finalizer must not block deletion once the operator handled it: remove it for the next tests
     cp.request("PATCH", f"{POLICIES}/process-test", {"metadata": {"finalizers": None}},
