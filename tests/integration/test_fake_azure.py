@@ -770,3 +770,165 @@ def test_stop_leaves_no_thread_behind_even_with_an_operation_running(tmp_path: P
     gw.close()
     assert set(threading.enumerate()) - before == set()
     assert (tmp_path / "ca.pem").exists()
+
+
+# ------------------------------------------------------------ where real clients look (issue 10)
+
+
+def arm_get(fake: FakeAzure, path: str, token: str | None, **params: str) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.get(f"{fake.url}{path}", params={"api-version": "2022-12-01", **params}, headers=headers,
+                        verify=str(fake.ca_pem_path), timeout=10)
+
+
+def arm_send(fake: FakeAzure, method: str, path: str, token: str, body: Any = None) -> requests.Response:
+    return requests.request(method, f"{fake.url}{path}", params={"api-version": "2022-04-01"}, json=body,
+                            headers={"Authorization": f"Bearer {token}"}, verify=str(fake.ca_pem_path), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def arm_token(fake: FakeAzure, settings: AzureSettings) -> str:
+    # The Azure CLI's default audience, which real ARM accepts as well as https://management.azure.com.
+    return build_credential(settings).get_token("https://management.core.windows.net//.default").token
+
+
+def test_arm_accepts_the_cli_audience_and_lists_subscriptions_and_groups(fake: FakeAzure, arm_token: str) -> None:
+    subs = arm_get(fake, "/subscriptions", arm_token)
+    assert subs.status_code == 200, subs.text
+    assert [s["subscriptionId"] for s in subs.json()["value"]] == [SUB]
+    assert subs.json()["value"][0]["tenantId"] == fake.tenant_id
+    assert arm_get(fake, f"/subscriptions/{SUB}", arm_token).json()["state"] == "Enabled"
+    assert arm_get(fake, "/subscriptions/00000000-0000-0000-0000-00000000dead", arm_token).json()["error"][
+        "code"] == "SubscriptionNotFound"
+    group = arm_get(fake, f"/subscriptions/{SUB}/resourcegroups/{RG}", arm_token, **{"api-version": "2024-11-01"})
+    assert group.status_code == 200 and group.json()["name"] == RG
+    missing = arm_get(fake, f"/subscriptions/{SUB}/resourcegroups/nope", arm_token)
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "ResourceGroupNotFound")
+    assert arm_get(fake, "/tenants", arm_token).json()["value"][0]["tenantId"] == fake.tenant_id
+
+
+def test_metadata_endpoints_served_without_a_token(fake: FakeAzure) -> None:
+    clouds = arm_get(fake, "/metadata/endpoints", None, **{"api-version": "2022-09-01"})
+    assert clouds.status_code == 200, clouds.text
+    cloud = clouds.json()[0]
+    assert cloud["name"] == "AzureCloud" and cloud["resourceManager"] == f"{fake.url}/"
+    assert cloud["suffixes"]["keyVaultDns"] == "vault.azure.net"
+    assert "https://management.core.windows.net/" in cloud["authentication"]["audiences"]
+
+
+def test_cluster_lists_and_kubelet_identity_through_the_sdk(fake: FakeAzure, settings: AzureSettings,
+                                                             arm_token: str) -> None:
+    cid, _ = new_cluster(fake)
+    client = ContainerServiceClient(build_credential(settings), SUB, base_url=fake.url,
+                                    connection_verify=str(fake.ca_pem_path), retry_total=0)
+    with client:
+        everywhere = [c.name for c in client.managed_clusters.list()]
+        in_group = [c.name for c in client.managed_clusters.list_by_resource_group(RG)]
+        mc = client.managed_clusters.get(RG, cid.name)
+    assert cid.name in everywhere and cid.name in in_group
+    kubelet = mc.identity_profile["kubeletidentity"]
+    assert kubelet.object_id and kubelet.client_id and kubelet.resource_id
+    ident = arm_get(fake, kubelet.resource_id, arm_token, **{"api-version": "2023-01-31"})
+    assert ident.status_code == 200 and ident.json()["properties"]["principalId"] == kubelet.object_id
+
+
+def test_put_cluster_and_running_operation_carry_retry_after(fake: FakeAzure, clusters: SdkManagedClusters,
+                                                             arm_token: str) -> None:
+    cid, _ = new_cluster(fake)
+    fake.set_lro(seconds=2)
+    path = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerService/managedClusters/{cid.name}"
+    body = arm_get(fake, path, arm_token).json()
+    body["tags"] = {"touched": "yes"}
+    put = arm_send(fake, "PUT", path, arm_token, body)
+    assert put.status_code == 200 and put.headers["Retry-After"] == "1", put.text
+    running = requests.get(put.headers["Azure-AsyncOperation"], headers={"Authorization": f"Bearer {arm_token}"},
+                           verify=str(fake.ca_pem_path), timeout=10)
+    assert running.json()["status"] == "InProgress" and running.headers["Retry-After"] == "1"
+
+
+def test_identity_put_get_delete(fake: FakeAzure, arm_token: str) -> None:
+    path = (f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ManagedIdentity"
+            f"/userAssignedIdentities/id-{uuid.uuid4().hex[:6]}")
+    created = arm_send(fake, "PUT", path, arm_token, {"location": "westeurope"})
+    assert created.status_code == 201, created.text
+    again = arm_send(fake, "PUT", path, arm_token, {"location": "westeurope"})
+    assert again.status_code == 200 and again.json()["properties"] == created.json()["properties"]
+    assert arm_send(fake, "GET", path, arm_token).json()["properties"]["principalId"]
+    assert arm_send(fake, "DELETE", path, arm_token).status_code == 200
+    assert arm_send(fake, "GET", path, arm_token).status_code == 404
+    assert arm_send(fake, "DELETE", path, arm_token).status_code == 204
+
+
+def test_role_assignment_put_duplicate_409_and_delete(fake: FakeAzure, arm_reader: SdkArmReader,
+                                                      arm_token: str) -> None:
+    principal = str(uuid.uuid4())
+    crypto_user = "12338af0-0e69-4776-bea7-57ae8d297424"
+    role_id = f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{crypto_user}"
+    body = {"properties": {"roleDefinitionId": role_id, "principalId": principal, "principalType": "ServicePrincipal"}}
+    first = arm_send(fake, "PUT", f"{VAULT_ID}/providers/Microsoft.Authorization/roleAssignments/{uuid.uuid4()}",
+                     arm_token, body)
+    assert first.status_code == 201, first.text
+    duplicate = arm_send(fake, "PUT", f"{VAULT_ID}/providers/Microsoft.Authorization/roleAssignments/{uuid.uuid4()}",
+                         arm_token, body)
+    assert (duplicate.status_code, duplicate.json()["error"]["code"]) == (409, "RoleAssignmentExists")
+    listed = arm_get(fake, f"{VAULT_ID}/providers/Microsoft.Authorization/roleAssignments", arm_token,
+                     **{"$filter": f"principalId eq '{principal}'"})
+    assert [a["id"] for a in listed.json()["value"]] == [first.json()["id"]]
+    assert arm_send(fake, "DELETE", first.json()["id"], arm_token).status_code == 200
+    assert arm_get(fake, f"{VAULT_ID}/providers/Microsoft.Authorization/roleAssignments", arm_token,
+                   **{"$filter": f"principalId eq '{principal}'"}).json()["value"] == []
+
+
+def test_private_vault_refuses_the_public_network_and_serves_its_private_link(fake: FakeAzure, arm_token: str,
+                                                                              settings: AzureSettings) -> None:
+    from aks_kms_lab.fake_azure.server import AZURE_HOSTS
+    from aks_kms_lab.proxy import AzureProxy
+
+    name = f"kvp{uuid.uuid4().hex[:8]}"
+    path = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.KeyVault/vaults/{name}"
+    created = arm_send(fake, "PUT", path, arm_token, {"location": "westeurope", "properties": {
+        "tenantId": fake.tenant_id, "sku": {"family": "A", "name": "standard"}, "enableRbacAuthorization": True}})
+    assert created.status_code == 201 and created.json()["properties"]["publicNetworkAccess"] == "Enabled"
+    credential = build_credential(settings)
+    proxy = AzureProxy(fake.public_port, AZURE_HOSTS).start()
+    try:
+        outside = KeyClient(f"https://{name}.vault.azure.net", credential, proxies={"https": proxy.url},
+                            connection_verify=str(fake.ca_pem_path), retry_total=0)
+        inside = KeyClient(f"https://{name}.vault.azure.net", credential, **client_kwargs(settings, key_vault=True))
+        kid = outside.create_rsa_key("k").id  # public access: the host may create keys
+        body = arm_send(fake, "GET", path, arm_token).json()
+        body["properties"]["publicNetworkAccess"] = "Disabled"
+        assert arm_send(fake, "PUT", path, arm_token, body).status_code == 200
+        with pytest.raises(HttpResponseError) as refused:
+            outside.get_key("k")
+        assert refused.value.status_code == 403
+        assert refused.value.error is not None and refused.value.error.code == "Forbidden"
+        assert "not from a trusted service nor via an approved private link" in str(refused.value.message)
+        assert inside.get_key("k").id == kid  # the fake's own address is the cluster's private link
+    finally:
+        proxy.stop()
+
+
+def test_proxy_tunnels_only_azure_hosts_on_443(fake: FakeAzure) -> None:
+    import socket
+
+    from aks_kms_lab.fake_azure.server import AZURE_HOSTS
+    from aks_kms_lab.proxy import AzureProxy
+
+    proxy = AzureProxy(fake.public_port, AZURE_HOSTS).start()
+
+    def first_line(request: bytes) -> str:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            s.sendall(request)
+            return s.recv(4096).split(b"\r\n", 1)[0].decode()
+
+    try:
+        assert first_line(b"CONNECT management.azure.com:443 HTTP/1.1\r\n\r\n").endswith("200 Connection established")
+        assert first_line(b"CONNECT kv1.vault.azure.net:443 HTTP/1.1\r\n\r\n").endswith("200 Connection established")
+        assert " 403 " in first_line(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+        assert " 403 " in first_line(b"CONNECT a.b.vault.azure.net:443 HTTP/1.1\r\n\r\n")
+        assert " 403 " in first_line(b"CONNECT management.azure.com:80 HTTP/1.1\r\n\r\n")
+        assert " 405 " in first_line(b"GET http://example.com/ HTTP/1.1\r\n\r\n")
+        assert proxy.refused == ["example.com:443", "a.b.vault.azure.net:443", "management.azure.com:80"]
+    finally:
+        proxy.stop()
