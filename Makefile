@@ -18,7 +18,7 @@ BENCH_JSON ?=
 help:
 	@echo "make test   - set up everything, then lint, unit, integration and e2e tests"
 	@echo "make demo   - the lab: enable KMS, re-encrypt, rotate, re-encrypt, verify"
-	@echo "make tools  - build pinned kube-apiserver, kubectl, etcd, helm, argocd-lua, kstatus into .cache/bin"
+	@echo "make tools  - build pinned kube-apiserver, kubectl, etcd, helm, argocd-lua, kstatus, promtool into .cache/bin"
 	@echo "make bench  - rewrite benchmarks (SIZES=\"1000 10000\" BENCH_JSON=path)"
 	@echo "make chaos  - seeded chaos schedules against a multi-replica lab (RUNS=10 SEED=20261201 STEPS=6)"
 
