@@ -37,6 +37,7 @@ def _up(args: argparse.Namespace) -> int:
     print(f"  set -a; . {root / 'env'}; set +a; aks-kms-operator run --liveness=")
     print(f"  kubectl --kubeconfig {s['kubeconfig']} apply -f <a ClusterEncryptionPolicy>   (see hack/demo.sh)")
     print("  aks-kms-operator lab verify")
+    print('  eval "$(aks-kms-operator lab env --az)"   # the real Azure CLI against the lab (docs/lab.md)')
     print("  aks-kms-operator lab down")
     return 0
 

@@ -32,13 +32,14 @@ from aks_kms_lab import lab
 from aks_kms_lab.controlplane import REPO_ROOT
 from aks_kms_lab.lab import LabRuntime
 
-from .conftest import NAMESPACES, SCRIPT, SECRETS, LabHarness
+from .conftest import SCRIPT, LabHarness
 
 pytestmark = pytest.mark.e2e
 
 AZ = REPO_ROOT / ".cache" / "azure-cli" / "bin" / "az"
 RG, CLUSTER, IDENTITY, VAULT, KEY = "lab-rg", "lab-aks", "lab-aks-identity", "azkmsvault", "azkey"
 REENCRYPT = "kubectl get secrets --all-namespaces -o json | kubectl replace -f -"
+SECRETS, NAMESPACES = 60, 3
 
 
 class Shell:
@@ -89,8 +90,9 @@ class Shell:
 
 @pytest.fixture(scope="module")
 def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHarness]:
-    """The e2e lab with ONE API server: this module is about what az sends and gets, and every
-    `az aks update` waits for the roll, which takes one restart per replica (replicas: test_replicas.py)."""
+    """The e2e lab with ONE API server and few Secrets: this module is about what az sends and gets.
+    Every `az aks update` waits for the roll (one API server restart per replica; replicas are
+    test_replicas.py's subject) and every re-encryption rewrites every Secret, six times over."""
     runtime = LabRuntime(tmp_path_factory.mktemp("lab") / "lab", apiservers=1).start()
     harness = LabHarness(runtime)
     try:
