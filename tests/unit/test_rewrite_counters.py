@@ -132,6 +132,9 @@ def test_watermark_is_always_a_finished_prefix_whatever_the_order() -> None:
 
 
 def test_namespaces_must_be_opened_in_sorted_order() -> None:
-    t = _NamespaceTracker("m", RewriteCounters(), 3)
+    t = _NamespaceTracker("", RewriteCounters(), 0)
+    t.open("m", 20)
     with pytest.raises(ValueError, match="sorted order"):
         t.open("a", 20)
+    with pytest.raises(ValueError, match="sorted order"):
+        t.open("m-x", 20)  # storage order: "m-x/" < "m/"

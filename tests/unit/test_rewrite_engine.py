@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 
 from aks_kms_operator.kube import KubeError
 from aks_kms_operator.rewrite import MemoryStore, RetryPolicy, RewriteEngine, RewriteOptions, RunState
@@ -20,16 +21,23 @@ class FakeApi:
         self.namespaces = namespaces
         self.script = script or {}
         self.writes: list[str] = []
+        self.lists: list[str] = []  # paths of Secret lists
 
     async def list_pages(self, path: str, *, limit: int, on_error: Any = None, **_: Any) -> AsyncIterator[dict]:
         if path == "/api/v1/namespaces":
             yield {"items": [{"metadata": {"name": ns}} for ns in self.namespaces]}
             return
-        ns = path.split("/")[4]
-        names = self.namespaces[ns]
-        for i in range(0, max(len(names), 1), limit):
-            yield {"items": [{"metadata": {"name": n, "uid": f"uid-{n}", "resourceVersion": "1"}}
-                             for n in names[i:i + limit]]}
+        self.lists.append(path)
+        if path == "/api/v1/secrets":  # cluster-wide: storage key order, pages across namespaces
+            refs = [(ns, n) for ns in sorted(self.namespaces, key=lambda x: x + "/") for n in self.namespaces[ns]]
+        else:
+            ns = path.split("/")[4]
+            refs = [(ns, n) for n in self.namespaces[ns]]
+        for i in range(0, max(len(refs), 1), limit):
+            more = i + limit < len(refs)
+            yield {"metadata": {"continue": "more" if more else ""},
+                   "items": [{"metadata": {"namespace": ns, "name": n, "uid": f"uid-{n}", "resourceVersion": "1"}}
+                             for ns, n in refs[i:i + limit]]}
 
     async def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         if method == "GET":  # the count for progress
@@ -122,14 +130,15 @@ def test_pause_saves_checkpoint_and_resume_skips_finished_namespaces() -> None:
         calls += 1
         return calls > 2  # two namespaces listed (one page each), then pause
 
-    # one lister, and the predicate asked every time (interval 0): the order of the old engine
-    result, _ = run_engine(api, checkpoint=store, paused=paused,
+    # per namespace (a filter), one lister, and the predicate asked every time (interval 0): the old order
+    result, _ = run_engine(api, checkpoint=store, paused=paused, namespaces=list(api.namespaces),
                            options=RewriteOptions(concurrency=2, page_size=5, list_concurrency=1,
                                                   pause_check_interval=0))
     assert result.state is RunState.PAUSED and result.last_namespace == "ns1"
     assert store.checkpoint is not None and store.checkpoint.counters.seen == 6
     api.writes.clear()
-    result, _ = run_engine(api, checkpoint=store, options=RewriteOptions(concurrency=2, page_size=5))
+    result, _ = run_engine(api, checkpoint=store, namespaces=list(api.namespaces),
+                           options=RewriteOptions(concurrency=2, page_size=5))
     assert result.completed and result.resumed and result.counters.seen == 12
     assert sorted(api.writes) == [f"s{i}{j}" for i in (2, 3) for j in range(3)]
 
@@ -180,7 +189,8 @@ def test_next_namespaces_are_listed_while_the_current_ones_are_written() -> None
     """Listing is not one namespace at a time: with 3 lister tasks, lists of several namespaces are in
     flight together (the old engine listed, queued, and only then listed the next namespace)."""
     api = ListGate({f"ns{i:02d}": [f"s{i}-{j}" for j in range(2)] for i in range(12)})
-    result, _ = run_engine(api, options=RewriteOptions(concurrency=4, list_concurrency=3))
+    result, _ = run_engine(api, namespaces=list(api.namespaces),
+                           options=RewriteOptions(concurrency=4, list_concurrency=3))
     assert result.completed and result.counters.reencrypted == 24
     assert api.max_lists >= 2
 
@@ -196,15 +206,18 @@ def test_pause_predicate_is_not_asked_once_per_namespace() -> None:
         calls += 1
         return False
 
-    result, _ = run_engine(api, paused=paused, options=RewriteOptions(concurrency=4, pause_check_interval=5))
+    result, _ = run_engine(api, paused=paused, namespaces=list(api.namespaces),
+                           options=RewriteOptions(concurrency=4, pause_check_interval=5))
     assert result.completed and result.counters.reencrypted == 40
     assert calls == 1
 
 
-def test_request_pause_stops_at_a_contiguous_prefix_and_resume_writes_the_rest() -> None:
+@pytest.mark.parametrize("per_namespace", [False, True], ids=["cluster-wide", "per-namespace"])
+def test_request_pause_stops_at_a_contiguous_prefix_and_resume_writes_the_rest(per_namespace: bool) -> None:
     """``request_pause()`` (a watch event) pauses with no predicate at all; namespaces finish out of
     order, the checkpoint is the finished prefix only, and a resume writes every Secret after it."""
     names = {f"ns{i:02d}": [f"s{i:02d}-{j}" for j in range(3)] for i in range(20)}
+    only = list(names) if per_namespace else None
     api = FakeApi(names)
     store = MemoryStore()
     holder: dict[str, RewriteEngine] = {}
@@ -217,7 +230,8 @@ def test_request_pause_stops_at_a_contiguous_prefix_and_resume_writes_the_rest()
 
     async def first() -> Any:
         engine = RewriteEngine(api, "key", checkpoint=store, before_write=before_write,  # type: ignore[arg-type]
-                               options=RewriteOptions(concurrency=4, list_concurrency=3, checkpoint_interval=0.05))
+                               namespaces=only, options=RewriteOptions(concurrency=4, list_concurrency=3,
+                                                                       page_size=4, checkpoint_interval=0.05))
         holder["engine"] = engine
         return await engine.run()
 
@@ -230,8 +244,55 @@ def test_request_pause_stops_at_a_contiguous_prefix_and_resume_writes_the_rest()
     assert saved.counters.seen == 3 * len(finished)  # exact for the prefix
     first_writes = list(api.writes)
     api.writes.clear()
-    done, _ = run_engine(api, checkpoint=store)
+    done, _ = run_engine(api, checkpoint=store, namespaces=only)
     assert done.completed and done.resumed
     rest = [s for ns in names if ns not in finished for s in names[ns]]
     assert sorted(api.writes) == sorted(rest)  # nothing finished is written again, nothing is skipped
     assert set(first_writes) | set(api.writes) == {s for ns in names for s in names[ns]}
+
+
+def test_every_namespace_is_one_cluster_wide_list_in_storage_order() -> None:
+    """Without a namespace filter the engine lists Secrets cluster-wide (pages across namespaces), not
+    once per namespace, and walks namespaces in storage key order: ``a-b`` before ``a``."""
+    api = FakeApi({"a": ["a1", "a2"], "a-b": ["ab1"], "b": [], "c": [f"c{i}" for i in range(5)]})
+    store = MemoryStore()
+    result, _ = run_engine(api, checkpoint=store, options=RewriteOptions(concurrency=2, page_size=3))
+    assert result.completed and result.counters.reencrypted == 8 and result.namespaces_done == 4
+    assert api.lists == ["/api/v1/secrets"]  # one paginated list, no list per namespace
+    assert store.checkpoint is not None and store.checkpoint.last_namespace == "c"
+
+
+def test_resume_never_skips_a_namespace_the_orders_disagree_on() -> None:
+    """A checkpoint saved in name order (before the storage order) at ``a``: ``a-b`` sorts after ``a`` by
+    name but before it in storage order. It is written again, not skipped; ``a`` and ``0`` are not."""
+    from aks_kms_operator.rewrite import RewriteCheckpoint
+    from aks_kms_operator.rewrite.engine import finished_before
+
+    assert finished_before("a", "a") and finished_before("0", "a") and not finished_before("a-b", "a")
+    assert not finished_before("a", "a-b")  # written again too: a pessimistic reading, never a skip
+    assert not finished_before("x", "")
+    api = FakeApi({"0": ["z1"], "a": ["a1"], "a-b": ["ab1"], "b": ["b1"]})
+    store = MemoryStore(RewriteCheckpoint(target_key_id="key", last_namespace="a"))
+    result, _ = run_engine(api, checkpoint=store)
+    assert result.completed and result.resumed
+    assert sorted(api.writes) == ["ab1", "b1"]
+
+
+def test_pause_in_a_cluster_wide_list_leaves_the_namespace_in_progress_open() -> None:
+    """Paused between two pages of one namespace: that namespace is not in the checkpoint."""
+    api = FakeApi({"a": ["a1"], "b": [f"b{i}" for i in range(6)], "c": ["c1"]})
+    store = MemoryStore()
+    calls = 0
+
+    def paused() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 1  # the first page (a1, b0, b1, b2) goes out, then pause
+
+    result, _ = run_engine(api, checkpoint=store, paused=paused,
+                           options=RewriteOptions(concurrency=2, page_size=4, pause_check_interval=0))
+    assert result.state is RunState.PAUSED and result.last_namespace == "a"
+    assert sorted(api.writes) == ["a1", "b0", "b1", "b2"]
+    api.writes.clear()
+    result, _ = run_engine(api, checkpoint=store)
+    assert result.completed and sorted(api.writes) == [f"b{i}" for i in range(6)] + ["c1"]

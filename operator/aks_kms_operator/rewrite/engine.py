@@ -172,6 +172,25 @@ def _utcnow() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_PAUSED: Any = object()  # the cluster-wide pager's "stopped at a pause" marker
+
+
+def namespace_order(ns: str) -> str:
+    """The engine's namespace order: the API server's storage key order (``/registry/secrets/<ns>/``),
+    which is the order a cluster-wide list returns Secrets in. It differs from plain name order only
+    when one name is another's prefix followed by ``-`` (``a-b`` comes before ``a``)."""
+    return ns + "/"
+
+
+def finished_before(ns: str, watermark: str) -> bool:
+    """Whether a checkpoint with ``last_namespace == watermark`` proves ``ns`` finished.
+
+    Both orders must agree: checkpoints written before the key order was adopted used name order,
+    and one namespace finished in both orders is finished in either. Where they disagree (``a-b``
+    against ``a``) the namespace is written again: never skipped."""
+    return bool(watermark) and ns <= watermark and namespace_order(ns) <= namespace_order(watermark)
+
+
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     value = fn(*args)
     return await value if inspect.isawaitable(value) else value
@@ -193,16 +212,16 @@ class _NamespaceTracker:
         self._open: OrderedDict[str, list[Any]] = OrderedDict()  # ns -> [pending, listed, counters]
         self.finished = asyncio.Event()  # set whenever the watermark moves (the checkpoint loop clears it)
         self.room = asyncio.Event()  # set whenever the watermark moves (listers waiting for room clear it)
-        self.last_opened = watermark
+        self.last_opened = ""
 
     def __len__(self) -> int:
         """Namespaces opened and not yet in the finished prefix."""
         return len(self._open)
 
     def open(self, ns: str, max_failures: int) -> RewriteCounters:
-        if ns <= self.last_opened:
+        if self.last_opened and namespace_order(ns) <= namespace_order(self.last_opened):
             raise ValueError(f"namespace {ns!r} opened after {self.last_opened!r}: namespaces must be opened "
-                             "in sorted order, once each")
+                             "in sorted order (``namespace_order``), once each")
         self.last_opened = ns
         counters = RewriteCounters(max_failures=max_failures)
         self._open[ns] = [0, False, counters]
@@ -273,6 +292,7 @@ class RewriteEngine:
         self._pause_lock = asyncio.Lock()
         self._pause_requested = False
         self._pause_checked_at: float | None = None  # clock() of the last call of ``paused``
+        self._interrupted = False  # a pause stopped the listing before its end
 
     # ------------------------------------------------------------------ run
 
@@ -289,7 +309,8 @@ class RewriteEngine:
         state.counters.max_failures = opts.max_failures_recorded
 
         all_namespaces = await self._namespaces()
-        todo = [ns for ns in all_namespaces if ns > state.last_namespace]
+        todo = [ns for ns in all_namespaces if not finished_before(ns, state.last_namespace)]
+        self._all_namespaces = all_namespaces
         state.namespaces_total = len(all_namespaces)
         state.namespaces_done = len(all_namespaces) - len(todo)
         if not resumed or not state.secrets_total:  # a run opened by the planner has no total yet
@@ -308,9 +329,13 @@ class RewriteEngine:
         workers = [asyncio.create_task(self._worker(queue), name=f"rewrite-worker-{i}")
                    for i in range(opts.concurrency)]
         saver = asyncio.create_task(self._checkpoint_loop(), name="rewrite-checkpoint")
-        names = iter(todo)
-        listers = [asyncio.create_task(self._lister(names, queue, tracker), name=f"rewrite-lister-{i}")
-                   for i in range(max(1, opts.listers))]
+        if self.namespace_filter is None:
+            # Every namespace: one cluster-wide list, in storage order, pages fetched ahead of the writes.
+            listers = [asyncio.create_task(self._list_cluster(queue, tracker), name="rewrite-lister")]
+        else:
+            names = iter(todo)
+            listers = [asyncio.create_task(self._lister(names, queue, tracker), name=f"rewrite-lister-{i}")
+                       for i in range(max(1, opts.listers))]
         try:
             await asyncio.gather(*listers)
             for _ in workers:
@@ -323,14 +348,13 @@ class RewriteEngine:
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*listers, *workers, saver, return_exceptions=True)
             raise
-        # A pause seen after the last namespace was taken ends nothing early: the run is complete.
-        paused = self._pause_requested and tracker.done < state.namespaces_total
+        paused = self._interrupted
         saver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await saver
 
         state.last_namespace = tracker.watermark
-        state.namespaces_done = tracker.done
+        state.namespaces_done = len(all_namespaces) if not paused else self._namespaces_done(tracker.watermark)
         state.counters = tracker.committed
         state.current_namespace = ""
         elapsed = max(self._clock() - t0, 1e-9)
@@ -406,7 +430,7 @@ class RewriteEngine:
             names += [item["metadata"]["name"] for item in page.get("items") or []]
         if self.namespace_filter is not None:
             names = [n for n in names if n in self.namespace_filter]
-        return sorted(set(names))
+        return sorted(set(names), key=namespace_order)
 
     async def _count_secrets(self, namespaces: list[str]) -> int:
         """Secrets at the start, for ``progress`` only."""
@@ -418,6 +442,84 @@ class RewriteEngine:
             log.warning("could not count Secrets (progress will show no total): %s", err)
             return 0
 
+    async def _list_cluster(self, queue: asyncio.Queue[Any], tracker: _NamespaceTracker) -> None:
+        """Queue every Secret of the cluster from one paginated cluster-wide list.
+
+        The API server returns Secrets in storage key order, i.e. by ``namespace_order`` then name, so
+        a namespace is listed to the end when the next one starts (or the list ends). One request per
+        ``page_size`` Secrets instead of one per namespace: with thousands of namespaces of a few
+        Secrets each, per-namespace lists cost as much as the writes. The next page is fetched while
+        the current one is written (one page ahead, so memory stays two pages). Secrets of namespaces
+        the checkpoint proves finished are skipped; a namespace created since the start is written
+        too (the checkpoint does not prove it finished)."""
+        pages: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue(maxsize=1)
+        fetcher = asyncio.create_task(self._fetch_pages(pages), name="rewrite-pager")
+        current: str | None = None
+        counters: RewriteCounters | None = None
+        try:
+            while True:
+                page = await pages.get()
+                if page is None or page is _PAUSED:
+                    break
+                if isinstance(page, BaseException):
+                    raise page
+                for item in page.get("items") or []:
+                    meta = item.get("metadata") or {}
+                    ns = meta.get("namespace") or ""
+                    if ns != current:
+                        if current is not None:
+                            tracker.listed(current)
+                        current = ns
+                        counters = None
+                        if not finished_before(ns, self.state.last_namespace):
+                            while len(tracker) >= max(1, self.options.max_open_namespaces):
+                                tracker.room.clear()
+                                await tracker.room.wait()
+                            counters = tracker.open(ns, self.options.max_failures_recorded)
+                            self.state.current_namespace = ns
+                        else:
+                            current = None  # finished in an earlier run: nothing to list as done
+                    if counters is None:
+                        continue
+                    ref = SecretRef(ns, meta["name"], meta.get("uid", ""), meta.get("resourceVersion", ""))
+                    tracker.add(ns)
+                    counters.seen += 1
+                    self.live.seen += 1
+                    await queue.put((ref, counters))
+            if page is _PAUSED:
+                self._interrupted = True  # the namespace in progress stays open: not listed to the end
+            elif current is not None:
+                tracker.listed(current)
+        except (KubeError, aiohttp.ClientError, TimeoutError) as err:
+            # The list cannot go on: one failure (the run ends with it, and a new run starts over), and
+            # the namespace in progress stays open, so the checkpoint never passes it.
+            log.error("listing Secrets failed: %s", err)
+            self.live.record(Outcome.FAILED, f"{current or '*'}/*", f"list: {err}")
+            tracker.committed.record(Outcome.FAILED, f"{current or '*'}/*", f"list: {err}")
+        finally:
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetcher
+
+    async def _fetch_pages(self, pages: asyncio.Queue[Any]) -> None:
+        """Feed ``pages`` with cluster-wide list pages, then None at the end; ``_PAUSED`` at a pause
+        (checked before every page), the error if the list fails."""
+        if await self._is_paused():
+            await pages.put(_PAUSED)
+            return
+        gen = self.client.list_pages("/api/v1/secrets", limit=self.options.page_size, on_error=self._list_retry)
+        try:
+            async for page in gen:
+                await pages.put(page)
+                if (page.get("metadata") or {}).get("continue") and await self._is_paused():
+                    await pages.put(_PAUSED)
+                    return
+            await pages.put(None)
+        except (KubeError, aiohttp.ClientError, TimeoutError) as err:
+            await pages.put(err)
+        finally:
+            await gen.aclose()
+
     async def _lister(self, names: Iterator[str], queue: asyncio.Queue[Any], tracker: _NamespaceTracker) -> None:
         """Take the next namespace (sorted order, shared with the other listers) and queue its Secrets,
         until there is none left or a pause is seen. Taking and opening a namespace happen with no
@@ -427,11 +529,13 @@ class RewriteEngine:
                 tracker.room.clear()
                 await tracker.room.wait()
             if await self._is_paused():
+                self._interrupted = True
                 return
             ns = next(names, None)
             if ns is None:
                 return
             if await self._produce_namespace(ns, queue, tracker):
+                self._interrupted = True
                 return
 
     async def _produce_namespace(self, ns: str, queue: asyncio.Queue[Any], tracker: _NamespaceTracker) -> bool:
@@ -545,11 +649,15 @@ class RewriteEngine:
 
     # ------------------------------------------------------------------ checkpoint
 
+    def _namespaces_done(self, watermark: str) -> int:
+        """Namespaces of the run the watermark proves finished (for progress; empty ones included)."""
+        return sum(1 for ns in self._all_namespaces if finished_before(ns, watermark))
+
     def _snapshot(self) -> RewriteCheckpoint:
         """The periodic checkpoint: watermark of finished namespaces, live counters for progress."""
         snap = self.state.copy()
         snap.last_namespace = self.tracker.watermark
-        snap.namespaces_done = self.tracker.done
+        snap.namespaces_done = self._namespaces_done(self.tracker.watermark)
         snap.counters = self.live.copy()
         elapsed = max(self._clock() - self._t0, 1e-9)
         snap.writes_per_second = self._run_done / elapsed
