@@ -116,7 +116,14 @@ async def gather(args: argparse.Namespace) -> planview.PlanInputs:
                     "metadata": {**(body.get("metadata") or {}), "name": name,
                                  "creationTimestamp": (body.get("metadata") or {}).get("creationTimestamp")
                                  or "9999-12-31T23:59:59Z"}}
-        secrets, namespaces = await count_secrets(kube)
+        counted = True
+        try:
+            secrets, namespaces = await count_secrets(kube)
+        except KubeError as err:
+            if err.status != 403:
+                raise PlanError(f"listing Secrets (metadata only): {err}") from err
+            # A pull-request check may well run without the right to list Secrets: plan without their count.
+            counted, secrets, namespaces = False, 0, 0
         warning = await asyncio.to_thread(startup.check_azure)
         if warning:
             raise PlanError(warning.split("; starting anyway")[0])
@@ -158,8 +165,8 @@ async def gather(args: argparse.Namespace) -> planview.PlanInputs:
         return planview.PlanInputs(
             name=name, source=f"file {args.filename}" if args.filename else "cluster", spec=spec, status=obs.status,
             cluster=obs.snapshot.state, kms_before=dict(kms), decision=decision, checks=tuple(checks),
-            secrets=secrets, namespaces=namespaces, key_switch_window=settings.key_switch_window,
-            exists_in_cluster=stored is not None, now=now)
+            secrets=secrets, namespaces=namespaces, secrets_counted=counted,
+            key_switch_window=settings.key_switch_window, exists_in_cluster=stored is not None, now=now)
 
 
 def run_plan(args: argparse.Namespace) -> int:

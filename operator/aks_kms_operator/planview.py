@@ -61,6 +61,8 @@ class PlanInputs:
     checks: tuple[WriteCheck, ...] = ()
     secrets: int = 0
     namespaces: int = 0
+    # False when the identity running plan may not list Secrets (a PR check often should not): sizes unknown.
+    secrets_counted: bool = True
     key_switch_window: float = 90.0  # seconds every probe must agree (ReconcilerSettings)
     exists_in_cluster: bool = False
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -123,7 +125,7 @@ def _finding(f: Finding, step: int | None) -> dict[str, Any]:
             "beforeStep": step}
 
 
-def _step_text(step: PlannedStep, secrets: int, namespaces: int) -> str:
+def _step_text(step: PlannedStep, secrets: int | None, namespaces: int | None) -> str:
     key = short(step.key_id)
     if step.step is Step.CHECK:
         return "preflight: every check that could make the next write fail, before it is sent"
@@ -138,7 +140,8 @@ def _step_text(step: PlannedStep, secrets: int, namespaces: int) -> str:
         return f"prove every API server writes {target} (canary probes over a full window)"
     target = "without KMS" if step.key_id == IDENTITY else f"under {key}"
     if step.step is Step.REWRITE:
-        return f"re-encrypt {secrets} Secret(s) in {namespaces} namespace(s) {target} (metadata-only no-op writes)"
+        size = "every Secret" if secrets is None else f"{secrets} Secret(s) in {namespaces} namespace(s)"
+        return f"re-encrypt {size} {target} (metadata-only no-op writes)"
     if step.step is Step.VERIFY:
         return (f"verification pass: write every Secret again over fresh connections; done when none is "
                 f"re-encrypted {target}")
@@ -202,10 +205,12 @@ def report(inputs: PlanInputs) -> dict[str, Any]:
     check_at = {chk.step_index: chk for chk in inputs.checks}
     rendered: list[dict[str, Any]] = []
     findings: list[dict[str, Any]] = []
+    secrets = inputs.secrets if inputs.secrets_counted else None
+    namespaces = inputs.namespaces if inputs.secrets_counted else None
     for i, step in enumerate(steps):
         item: dict[str, Any] = {"index": i + 1, "step": step.step.value, "label": str(step),
                                 "keyId": "" if step.key_id == IDENTITY else step.key_id,
-                                "description": _step_text(step, inputs.secrets, inputs.namespaces),
+                                "description": _step_text(step, secrets, namespaces),
                                 "writesArm": step.writes}
         if step.writes:
             before, after = next(changes)
@@ -226,8 +231,10 @@ def report(inputs: PlanInputs) -> dict[str, Any]:
                             "fix": decision.fix, "beforeStep": 1 if steps else None})
     rewrites = sum(1 for s in steps if s.step is Step.REWRITE)
     switches = sum(1 for s in steps if s.step is Step.WAIT_FOR_KEY_SWITCH)
-    estimate = rewrite_estimate(inputs.secrets, rewrites, inputs.spec.rewrite.max_writes_per_second, switches,
+    estimate = rewrite_estimate(secrets or 0, rewrites, inputs.spec.rewrite.max_writes_per_second, switches,
                                 inputs.key_switch_window)
+    if secrets is None:
+        estimate = {**estimate, "secretWrites": None, "estimatedSeconds": None}
     return {
         "policy": inputs.name,
         "source": inputs.source,
@@ -244,7 +251,7 @@ def report(inputs: PlanInputs) -> dict[str, Any]:
         "steps": rendered,
         "armWrites": sum(1 for s in steps if s.writes),
         "findings": findings,
-        "rewrite": {"secrets": inputs.secrets, "namespaces": inputs.namespaces, "runs": rewrites, **estimate},
+        "rewrite": {"secrets": secrets, "namespaces": namespaces, "runs": rewrites, **estimate},
         "warnings": _warnings(inputs, steps, outcome == BLOCKED),
     }
 
@@ -258,6 +265,12 @@ def _kms_line(kms: Mapping[str, Any]) -> str:
     vault = f", vault {kms.get('keyVaultResourceId')}" if kms.get("keyVaultResourceId") else ""
     access = kms.get("keyVaultNetworkAccess") or "Public"
     return f"KMS enabled, key {short(str(kms.get('keyId') or ''))}, {access}{vault}"
+
+
+def _size(rw: Mapping[str, Any]) -> str:
+    if rw["secrets"] is None:
+        return "Secrets not counted (this identity may not list Secrets)"
+    return f"{rw['secrets']} Secret(s) in {rw['namespaces']} namespace(s)"
 
 
 def _value(v: Any) -> str:
@@ -278,7 +291,7 @@ def render_text(rep: Mapping[str, Any]) -> str:
              f"provisioningState {c['provisioningState'] or '?'}, Kubernetes {c['kubernetesVersion'] or '?'}",
              f"  AKS now   {_kms_line(c['kms'])}",
              f"  Secrets   written under {written}"
-             f"; {rep['rewrite']['secrets']} Secret(s) in {rep['rewrite']['namespaces']} namespace(s)",
+             f"; {_size(rep['rewrite'])}",
              ""]
     if not rep["steps"]:
         lines.append(f"No change: {rep['next']['message']}.")
@@ -306,10 +319,12 @@ def render_text(rep: Mapping[str, Any]) -> str:
                       "(later writes are checked against today's facts; the operator checks again right before each)."]
     rw = rep["rewrite"]
     if rw["runs"]:
-        lines += ["", f"Rewrite: {rw['runs']} run(s) over {rw['secrets']} Secret(s) in {rw['namespaces']} "
-                      f"namespace(s), each followed by at least one verification pass: {rw['secretWrites']} "
-                      "metadata-only write(s)."]
-        if rw["estimatedSeconds"] is not None:
+        writes = "" if rw["secretWrites"] is None else f": {rw['secretWrites']} metadata-only write(s)"
+        lines += ["", f"Rewrite: {rw['runs']} run(s) over {_size(rw)}, each followed by at least one verification "
+                      f"pass{writes}."]
+        if rw["secrets"] is None:
+            lines.append("  estimate: unknown, Secrets not counted")
+        elif rw["estimatedSeconds"] is not None:
             lines.append(f"  estimate: about {duration(rw['estimatedSeconds'])} at spec.rewrite.maxWritesPerSecond "
                          f"{rw['maxWritesPerSecond']:g}, including {duration(rw['keySwitchSeconds'])} of key-switch "
                          "proof (plus the AKS operations themselves, typically minutes each)")

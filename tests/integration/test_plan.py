@@ -154,6 +154,28 @@ def test_an_invalid_file_names_the_field(env: AksEnv, tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and result.stdout == ""
 
 
+def test_an_identity_that_may_not_list_secrets_still_gets_a_plan(env: AksEnv, tmp_path: Path) -> None:
+    """A pull-request check's identity: read policies, nothing else. plan says the sizes are unknown."""
+    v1, v2 = env.world.key_versions[:2]
+    _set_aks(env, {"enabled": True, "keyId": v1, "keyVaultNetworkAccess": "Public", "keyVaultResourceId": ""})
+    _store_policy(env, env.world.policy(key_id=v1), v1)
+    env.cp.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                  "metadata": {"name": "plan-reader"},
+                  "rules": [{"apiGroups": ["aks-kms.dev"], "resources": ["clusterencryptionpolicies"],
+                             "verbs": ["get", "list"]}]})
+    env.cp.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                  "metadata": {"name": "plan-reader"},
+                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "plan-reader"},
+                  "subjects": [{"kind": "ServiceAccount", "name": "plan-reader", "namespace": "ci"}]})
+    kubeconfig = env.cp.service_account_kubeconfig("ci", "plan-reader")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(env.world.policy(key_id=v2)))
+    result = subprocess.run([str(SCRIPT), "plan", "-f", str(policy), "--kubeconfig", str(kubeconfig)],
+                            capture_output=True, text=True, env=env.env, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Secrets not counted" in result.stdout and "Traceback" not in result.stderr
+
+
 def test_plan_wrote_nothing(env: AksEnv) -> None:
     """Runs last: every plan above read Azure and Kubernetes and wrote to neither."""
     arm = [r for r in env.fake.requests if r.method != "GET"]

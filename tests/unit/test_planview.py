@@ -159,3 +159,11 @@ def test_arm_changes_skip_non_writes_and_chain() -> None:
              PlannedStep(Step.REWRITE, KB)]
     (before, after), = planview.arm_changes({"enabled": True, "keyId": KA, "keyVaultNetworkAccess": "Public"}, steps)
     assert before["keyId"] == KA and after["keyId"] == KB and after["keyVaultResourceId"] == ""
+
+
+def test_without_the_right_to_list_secrets_the_sizes_are_unknown_not_zero() -> None:
+    rep = planview.report(dataclasses.replace(inputs(spec(), cluster(), KA), secrets_counted=False))
+    assert rep["rewrite"]["secrets"] is None and rep["rewrite"]["secretWrites"] is None
+    assert rep["rewrite"]["estimatedSeconds"] is None and planview.exit_code(rep) == 2
+    text = planview.render_text(rep)
+    assert "Secrets not counted" in text and "re-encrypt every Secret" in text and " 0 Secret" not in text
