@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from aks_kms_lab.aks_sim import ApiServerKms
-from aks_kms_lab.controlplane import ControlPlane
+from aks_kms_lab.controlplane import ControlPlane, free_port
 from aks_kms_lab.encryption import (
     KeySlots,
     aescbc_provider,
@@ -65,12 +65,16 @@ class AksEnv:
         self.env = {**os.environ, **operator_env(self.fake, self.cp.kubeconfig)}
         self.operator: subprocess.Popen[bytes] | None = None
         self.log = root / "operator.log"
+        self.metrics_url = ""  # the running operator's /metrics
 
     # ---------------------------------------------------------------- operator process
 
     def start_operator(self) -> None:
         out = open(self.log, "ab")  # noqa: SIM115
-        self.operator = subprocess.Popen([str(SCRIPT), "run", "--liveness=", "--log-format=plain"],
+        port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{port}/metrics"
+        self.operator = subprocess.Popen([str(SCRIPT), "run", "--liveness=", "--log-format=plain",
+                                          f"--metrics-address=127.0.0.1:{port}"],
                                          stdout=out, stderr=subprocess.STDOUT, env=self.env)
         out.close()
 
