@@ -60,6 +60,8 @@ def _status(args: argparse.Namespace) -> int:
     for key in ("apiserver", "etcd", "fakeAzure", "kubeconfig"):
         if s.get(key):
             print(f"  {key:<11} {s[key]}")
+    if s.get("azProxy"):
+        print(f"  az proxy    {s['azProxy']} (HTTPS_PROXY of `lab env --az`: Azure's host names -> the fake)")
     if s.get("balancer"):
         print(f"  balancer    {s['balancer']} (TCP, round-robin over new connections)")
     for r in s.get("replicas") or []:

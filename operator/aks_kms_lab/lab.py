@@ -433,7 +433,9 @@ def status(root: Path = DEFAULT_DIR) -> dict[str, Any]:
         out["balancer"] = out["apiserver"] if len(replicas) > 1 else None
         out["replicas"] = _replica_status(p.root, replicas, slots.get("replicas") or [], out["running"])
     if p.env.exists():
-        out["fakeAzure"] = read_env(p.root).get("AKS_KMS_ARM_ENDPOINT")
+        env = read_env(p.root)
+        out["fakeAzure"] = env.get("AKS_KMS_ARM_ENDPOINT")
+        out["azProxy"] = env.get("LAB_AZ_PROXY")
     out["kubeconfig"] = str(p.kubeconfig)
     if slots:
         out["kms"] = {k: v for k, v in slots.items() if k != "replicas"}

@@ -835,7 +835,7 @@ def test_cluster_lists_and_kubelet_identity_through_the_sdk(fake: FakeAzure, set
 def test_put_cluster_and_running_operation_carry_retry_after(fake: FakeAzure, clusters: SdkManagedClusters,
                                                              arm_token: str) -> None:
     cid, _ = new_cluster(fake)
-    fake.set_lro(seconds=2)
+    fake.set_lro(seconds=1)
     path = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerService/managedClusters/{cid.name}"
     body = arm_get(fake, path, arm_token).json()
     body["tags"] = {"touched": "yes"}

@@ -1,14 +1,18 @@
-"""Azure Resource Manager: AKS managed clusters with AKS's KMS validation, plus the read-only
-resources the operator's preflight needs (vaults, user-assigned identities, role assignments and
-role definitions, the ``/resources`` list).
+"""Azure Resource Manager: AKS managed clusters with AKS's KMS validation, plus what the operator's
+preflight and the Azure CLI read and write around them: subscriptions, tenants and resource groups;
+``GET /metadata/endpoints`` (no token, as ARM serves it); managed clusters listed per subscription and
+per resource group; vaults, user-assigned identities and role assignments (GET, PUT, DELETE; a duplicate
+assignment is 409 ``RoleAssignmentExists``); role definitions and the ``/resources`` list. Tokens for
+both ARM audiences are accepted (``https://management.azure.com`` and the CLI's
+``https://management.core.windows.net/``).
 
 Managed clusters behave like AKS (``reference/aks-arm-api.md`` sections 4, 5 and 7):
 
 * ``eTag`` in the body and the ``ETag`` header; a stale ``If-Match`` → 412 ``PreconditionFailed``;
   ``If-None-Match: *`` on an existing cluster → 412; both headers, or ``If-None-Match`` other than
   ``*`` → 400 ``BadRequest``.
-* PUT of an existing cluster returns 200 with ``provisioningState`` ``Updating`` and an
-  ``Azure-AsyncOperation`` header (creating clusters by PUT is not served: seed them with
+* PUT of an existing cluster returns 200 with ``provisioningState`` ``Updating``, ``Retry-After``
+  and an ``Azure-AsyncOperation`` header (creating clusters by PUT is not served: seed them with
   ``fake.add_cluster``); ``GET .../locations/{loc}/operations/{id}`` answers ``InProgress``
   until a worker thread finishes the operation as ``Succeeded`` or ``Failed`` (the cluster's state
   follows). A PUT while an operation runs → 409 ``OperationNotAllowed``.

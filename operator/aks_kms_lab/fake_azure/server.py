@@ -1,11 +1,24 @@
-"""The fake Azure server: one HTTPS port on 127.0.0.1 playing Entra ID, ARM and Key Vault.
+"""The fake Azure server: HTTPS on 127.0.0.1 playing Entra ID, ARM, Key Vault and a little of Graph.
+
+Two listeners serve the same state. :attr:`FakeAzure.url` (the fake's own address) is where the
+operator and the lab's KMS plugins connect, with endpoint overrides; the lab models it as the inside of
+the cluster's private link. :attr:`FakeAzure.public_port` is the public network: the lab's CONNECT proxy
+(``aks_kms_lab.proxy``) tunnels Azure's own host names there, so the real Azure CLI works unchanged,
+and Key Vault applies its network rules to what arrives there (``Request.public_network``). The
+certificate names 127.0.0.1, localhost and :data:`AZURE_HOSTS`.
 
 Routing, by order:
 
 1. Host ``<vault>.vault.azure.net`` → Key Vault for that vault (see ``keyvault.py`` for why routing
    by Host header keeps real key IDs and the SDK's challenge check intact).
-2. ``/{tenant}/v2.0/.well-known/openid-configuration`` and ``/{tenant}/oauth2/v2.0/token`` → Entra.
-3. Everything else → ARM (bearer token of the fake required).
+2. Host ``graph.microsoft.com`` → the few Graph calls the Azure CLI makes (``entra.graph``).
+3. ``/{tenant}/v2.0/.well-known/openid-configuration`` and ``/{tenant}/oauth2/v2.0/token`` → Entra.
+4. Any other path on ``login.microsoftonline.com`` → Entra's 404.
+5. Everything else → ARM (bearer token of the fake required, except ``/metadata/endpoints``).
+
+Links in answers (discovery's token endpoint, ``Azure-AsyncOperation``, the Key Vault challenge's
+authority) name the host the client used: Azure's names on the public listener, the fake's address on
+its own.
 
 Faults injected with :meth:`FakeAzure.inject` (and :meth:`FakeAzure.inject_storm`) are answered before
 routing and authentication, the way a gateway in front of the real service answers 429/503.
