@@ -1,21 +1,35 @@
-"""Pure report code for the rewrite benchmark: ratios and the README table (no I/O, no timing)."""
+"""Pure report code for the rewrite benchmark: ratios and the README tables (no I/O, no timing)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+CEILINGS = ("ceiling", "ceiling_go")  # Python (aiohttp) and Go (net/http, HTTP/2) pre-listed load generators
+
 
 def _rate(section: Mapping[str, Any] | None) -> float:
     return float((section or {}).get("writes_per_s") or 0.0)
 
 
-def ratios(row: Mapping[str, Any]) -> dict[str, float | None]:
-    """Engine throughput vs kubectl replace (x times) and vs the ceiling (percent)."""
-    engine, kubectl, ceiling = _rate(row.get("engine")), _rate(row.get("kubectl_replace")), _rate(row.get("ceiling"))
+def higher_ceiling(row: Mapping[str, Any]) -> tuple[str | None, float]:
+    """The ceiling contender with the higher rate, and that rate (None, 0.0 if neither ran)."""
+    best: tuple[str | None, float] = (None, 0.0)
+    for name in CEILINGS:
+        rate = _rate(row.get(name))
+        if rate > best[1]:
+            best = (name, rate)
+    return best
+
+
+def ratios(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Engine throughput vs kubectl replace (x times) and vs the higher of the two ceilings (percent)."""
+    engine, kubectl = _rate(row.get("engine")), _rate(row.get("kubectl_replace"))
+    name, ceiling = higher_ceiling(row)
     return {
         "engine_vs_kubectl": round(engine / kubectl, 2) if kubectl else None,
         "engine_vs_ceiling_pct": round(100.0 * engine / ceiling, 1) if ceiling else None,
+        "ceiling_used": name,
     }
 
 
@@ -27,24 +41,50 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
     return str(value)
 
 
+def _layout(row: Mapping[str, Any]) -> str:
+    return f"{row['size']} in {row['namespaces']} ns" if row.get("namespaces") else str(row["size"])
+
+
+def _table(head: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One line per size: throughput and RSS of each contender, the ratios, p99 of other clients."""
-    head = ("| Secrets | engine s | engine w/s | engine RSS MB | kubectl s | kubectl w/s | kubectl RSS MB "
-            "| ceiling w/s | ceiling RSS MB | engine/kubectl | engine/ceiling | other p99 ms uncapped / capped "
-            "| data bytes |")
-    sep = "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"
-    lines = [head, sep]
+    """Two tables: throughput and memory per contender with the ratios, then CPU per 1,000 writes
+    (client, and API server + etcd during that contender's run) and the other client's latency."""
+    first = []
     for row in rows:
-        e, k, c = row.get("engine") or {}, row.get("kubectl_replace") or {}, row.get("ceiling") or {}
+        e, k = row.get("engine") or {}, row.get("kubectl_replace") or {}
+        c, g = row.get("ceiling") or {}, row.get("ceiling_go") or {}
         r = ratios(row)
-        p99 = row.get("other_clients_p99_ms") or {}
-        lines.append(
-            f"| {row['size']} | {_fmt(e.get('seconds'))} | {_fmt(e.get('writes_per_s'), '.0f')} "
-            f"| {_fmt(e.get('peak_rss_mb'))} | {_fmt(k.get('seconds'))} | {_fmt(k.get('writes_per_s'), '.0f')} "
-            f"| {_fmt(k.get('peak_rss_mb'))} | {_fmt(c.get('writes_per_s'), '.0f')} | {_fmt(c.get('peak_rss_mb'))} "
-            f"| {_fmt(r['engine_vs_kubectl'], '.2f')}x | {_fmt(r['engine_vs_ceiling_pct'])} % "
-            f"| {_fmt(p99.get('uncapped'))} / {_fmt(p99.get('capped'))} | {_fmt(row.get('data_bytes_received'), 'd')} |"
-        )
+        used = {"ceiling": "Python", "ceiling_go": "Go"}.get(r["ceiling_used"] or "", "n/a")
+        first.append([
+            _layout(row), _fmt(e.get("seconds")), _fmt(e.get("writes_per_s"), ".0f"), _fmt(e.get("peak_rss_mb")),
+            _fmt(k.get("writes_per_s"), ".0f"), _fmt(k.get("peak_rss_mb")),
+            _fmt(c.get("writes_per_s"), ".0f"), _fmt(g.get("writes_per_s"), ".0f"),
+            f"{_fmt(r['engine_vs_ceiling_pct'])} % ({used})", f"{_fmt(r['engine_vs_kubectl'], '.2f')}x",
+            _fmt(row.get("data_bytes_received"), "d"),
+        ])
+    second = []
+    for row in rows:
+        cpu = []
+        for name in ("engine", "ceiling", "ceiling_go", "kubectl_replace", "engine_apf"):
+            section = (row.get(name) or {}).get("cpu") or {}
+            cpu.append(f"{_fmt(section.get('client_per_1k'), '.2f')} / {_fmt(section.get('server_per_1k'), '.2f')}")
+        ms = row.get("other_clients_ms") or {}
+        lat = [f"{_fmt((ms.get(k) or {}).get('p50'))} / {_fmt((ms.get(k) or {}).get('p99'))}"
+               for k in ("idle", "engine", "engine_apf")]
+        apf = row.get("engine_apf") or {}
+        second.append([_layout(row), *cpu, *lat, _fmt(apf.get("writes_per_s"), ".0f"),
+                       _fmt(apf.get("throttled"), "d")])
+    lines = _table(["Secrets", "engine s", "engine w/s", "engine RSS MB", "kubectl w/s", "kubectl RSS MB",
+                    "ceiling Python w/s", "ceiling Go w/s", "engine / higher ceiling", "engine / kubectl",
+                    "data bytes"], first)
+    lines += [""]
+    lines += _table(["Secrets", "engine CPU s/1k client / server", "Python ceiling", "Go ceiling", "kubectl",
+                     "engine under APF", "other client p50 / p99 ms idle", "during engine", "during engine under APF",
+                     "engine under APF w/s", "429s"], second)
     return "\n".join(lines)
 
 
@@ -57,6 +97,6 @@ def percentile(values: Sequence[float], pct: float) -> float | None:
     return ordered[int(min(rank, len(ordered))) - 1]
 
 
-def results_name(date: str, sizes: Sequence[int]) -> str:
-    """``<date>-<sizes>.json``, e.g. ``2026-11-29-1000-10000.json``."""
-    return f"{date}-{'-'.join(str(s) for s in sizes)}.json"
+def results_name(date: str, sizes: Sequence[int | str]) -> str:
+    """``<date>-<sizes>.json``, e.g. ``2026-11-29-1000-10000.json`` (``20000@5000`` -> ``20000at5000``)."""
+    return f"{date}-{'-'.join(str(s).replace('@', 'at') for s in sizes)}.json"

@@ -1,20 +1,25 @@
-"""Rewrite benchmark: our engine vs ``kubectl get | kubectl replace`` vs an unthrottled ceiling.
+"""Rewrite benchmark: our engine vs ``kubectl get | kubectl replace`` vs two unthrottled ceilings.
 
-Usage (``make bench SIZES="1000" BENCH_JSON=out.json``)::
+Usage (``make bench SIZES="1000 20000@5000" BENCH_JSON=out.json``)::
 
-    python -m benchmarks.rewrite --sizes "1000 10000" [--json out.json]
+    python -m benchmarks.rewrite --sizes "1000 10000 20000@5000" [--json out.json] [--skip kubectl]
 
-For each size N: one control plane (etcd + kube-apiserver, aescbc keys standing in for KMS keys),
-N Secrets over N/100 namespaces, then for each contender: switch the write key (restart the API
-server, so every Secret is stale), run the contender, and count the Secrets whose resourceVersion
-changed (must be N). Every contender runs in its own process(es) so its peak RSS (``VmHWM``, polled
-every 50 ms, see ``PeakRss``) is its own. Internal subcommands (one process each)::
+A size is ``N`` (N Secrets over N/100 namespaces) or ``N@M`` (N Secrets over M namespaces). For
+each: one control plane (etcd + kube-apiserver, aescbc keys standing in for KMS keys), the chart's
+ServiceAccount, RBAC, FlowSchema and PriorityLevelConfiguration (``helm template``), then for each
+contender: switch the write key (restart the API server, so every Secret is stale), run the
+contender, and count the Secrets whose resourceVersion changed (must be N). Every contender runs in
+its own process(es), so its peak RSS (``VmHWM``, polled every 50 ms, see ``PeakRss``) and its CPU
+time are its own; the API server's and etcd's CPU time during its run are read from ``/proc``.
+Internal subcommands (one process each)::
 
     python -m benchmarks.rewrite engine --target K [--concurrency 16 --page-size 500 --max-wps 0]
     python -m benchmarks.rewrite ceiling --refs refs.json [--concurrency 64]
     python -m benchmarks.rewrite probe --secret ns/name
 
-Secret data is never printed: the engine and the ceiling only ever ask for metadata, the kubectl
+The Go ceiling is ``.cache/bin/loadgen`` (hack/tools/loadgen, ``make tools``).
+
+Secret data is never printed: the engine and the ceilings only ever ask for metadata, the kubectl
 pipeline's data flows from one kubectl to the other and only ``replace``'s one-line-per-object
 output is read here.
 """
@@ -26,6 +31,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -37,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
 from aks_kms_operator.kube import MERGE_PATCH, METADATA_ONLY, Credentials, KubeClient, KubeError
 
@@ -99,8 +106,10 @@ async def _engine_main(args: argparse.Namespace) -> dict[str, Any]:
                              max_writes_per_second=args.max_wps)
     async with KubeClient(Credentials.login(), pool_size=max(64, args.concurrency),
                           trace_configs=[counter.trace_config()]) as kube:
+        cpu0 = _own_cpu()
         result = await RewriteEngine(kube, args.target, options=options).run()
-    return {"state": result.state.value, "seconds": result.elapsed_seconds,
+        cpu = _own_cpu() - cpu0
+    return {"state": result.state.value, "seconds": result.elapsed_seconds, "cpu_seconds": cpu,
             "writes_per_s": result.writes_per_second, "counters": result.counters.to_status(),
             "throttled": result.throttled, "bytes_received": counter.total,
             "data_bytes_received": counter.data_bytes, "data_responses": counter.data_responses,
@@ -129,10 +138,16 @@ async def _ceiling_main(args: argparse.Namespace) -> dict[str, Any]:
                     key = type(err).__name__
                 statuses[key] = statuses.get(key, 0) + 1
 
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), _own_cpu()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-        seconds = time.monotonic() - t0
-    return {"seconds": seconds, "writes_per_s": len(refs) / seconds, "statuses": statuses}
+        seconds, cpu = time.monotonic() - t0, _own_cpu() - cpu0
+    return {"seconds": seconds, "writes_per_s": len(refs) / seconds, "statuses": statuses, "cpu_seconds": cpu}
+
+
+def _own_cpu() -> float:
+    """User + system CPU seconds of this process so far (all threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def _probe_main(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,17 +157,22 @@ async def _probe_main(args: argparse.Namespace) -> dict[str, Any]:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     latencies: list[float] = []
     errors = 0
+    statuses: dict[str, int] = {}
     async with KubeClient(Credentials.login(), pool_size=1) as kube:
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
                 await kube.request("GET", f"/api/v1/namespaces/{ns}/secrets/{name}", accept=METADATA_ONLY)
                 latencies.append((time.perf_counter() - t0) * 1000)
-            except (KubeError, aiohttp.ClientError, TimeoutError):
+            except KubeError as err:
+                errors += 1
+                statuses[str(err.status)] = statuses.get(str(err.status), 0) + 1
+            except (aiohttp.ClientError, TimeoutError):
                 errors += 1
             await asyncio.sleep(args.interval)
     return {"requests": len(latencies), "errors": errors, "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99), "max_ms": max(latencies) if latencies else None}
+            "p99_ms": percentile(latencies, 99), "max_ms": max(latencies) if latencies else None,
+            "statuses": statuses}
 
 
 def _child_main(argv: Sequence[str]) -> int:
@@ -223,9 +243,13 @@ class PeakRss:
         return self.peaks
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> int:
-    """Wait for the child without letting Popen poll it first (the poller needs it until it exits)."""
-    return proc.wait()
+def _reap(proc: subprocess.Popen[Any]) -> tuple[int, float]:
+    """Wait for the child (``wait4``, so its CPU time comes with it); return its exit code and its
+    whole life's user + system CPU seconds. Popen must not poll it first: the RSS poller needs it
+    until it exits."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def _run_python_child(cmd: list[str], env: dict[str, str], log: Path) -> tuple[dict[str, Any], float, float]:
@@ -234,12 +258,31 @@ def _run_python_child(cmd: list[str], env: dict[str, str], log: Path) -> tuple[d
     poller = PeakRss([proc.pid])
     assert proc.stdout is not None
     out = proc.stdout.read()
-    code = _reap(proc)
+    code, _ = _reap(proc)
     rss = poller.stop()[proc.pid]
     wall = time.monotonic() - t0
     if code != 0:
         raise RuntimeError(f"{cmd[0]} exited {code}; see {log}")
     return json.loads(out.decode().strip().splitlines()[-1]), rss, wall
+
+
+class ServerCpu:
+    """CPU seconds (user + system, from ``/proc/<pid>/stat``) of the API server and etcd processes
+    between ``__init__`` and ``stop()``: what the machine spent serving one contender. Read after the
+    key switch (a restart makes a new API server process), so start-up is not counted."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = {name: _proc_cpu(pid) for name, pid in pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        return {name: round(_proc_cpu(pid) - self.start[name], 3) for name, pid in self.pids.items()}
+
+
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 # ---------------------------------------------------------------------------------------- orchestration
@@ -289,13 +332,13 @@ def _kubectl_replace(kubeconfig: Path, log: Path) -> dict[str, Any]:
             replaced += 1
         else:
             other += 1
-    get_code, rep_code = _reap(get), _reap(rep)
+    (get_code, get_cpu), (rep_code, rep_cpu) = _reap(get), _reap(rep)
     peaks = poller.stop()
     get_rss, rep_rss = peaks[get.pid], peaks[rep.pid]
     seconds = time.monotonic() - t0
     return {"seconds": seconds, "writes_per_s": replaced / seconds, "peak_rss_mb": get_rss + rep_rss,
             "get_rss_mb": get_rss, "replace_rss_mb": rep_rss, "replaced": replaced, "other_lines": other,
-            "exit_codes": [get_code, rep_code]}
+            "exit_codes": [get_code, rep_code], "cpu_seconds": get_cpu + rep_cpu}
 
 
 def _import_only_rss() -> float:
@@ -312,7 +355,183 @@ def _stop_probe(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-def bench_size(size: int, *, concurrency: int = 16, page_size: int = 500, log: Any = print) -> dict[str, Any]:
+# ---------------------------------------------------------------------------------------- the Go ceiling
+
+
+def loadgen_binary() -> Path:
+    from aks_kms_lab.controlplane import tool
+
+    return tool("loadgen")
+
+
+def kubeconfig_flags(kubeconfig: Path) -> list[str]:
+    """``loadgen`` flags for the current user of a kubeconfig: server, CA, client cert or token file.
+
+    Only file references are supported (what the lab writes); an inline ``*-data`` field or an exec
+    plugin is refused with the field's name."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
+    cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+    user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
+    flags = ["-server", cluster["server"]]
+    if cluster.get("certificate-authority"):
+        flags += ["-ca", cluster["certificate-authority"]]
+    if user.get("client-certificate"):
+        flags += ["-client-cert", user["client-certificate"], "-client-key", user["client-key"]]
+    elif user.get("token"):
+        token_file = kubeconfig.with_name(kubeconfig.name + ".token")
+        token_file.write_text(user["token"])
+        token_file.chmod(0o600)
+        flags += ["-token-file", str(token_file)]
+    else:
+        raise ValueError(f"{kubeconfig}: users[].user needs client-certificate/client-key or token (file paths "
+                         f"or a token); found {sorted(user)}")
+    return flags
+
+
+def _go_ceiling(kubeconfig: Path, refs: Path, concurrency: int, log: Path) -> tuple[dict[str, Any], float, float]:
+    """Run ``loadgen`` over the pre-fetched refs; its JSON, its peak RSS (MB) and its CPU seconds."""
+    with log.open("ab") as err:
+        proc = subprocess.Popen([str(loadgen_binary()), *kubeconfig_flags(kubeconfig), "-input", str(refs),
+                                 "-concurrency", str(concurrency)], stdout=subprocess.PIPE, stderr=err)
+    poller = PeakRss([proc.pid])
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    code, cpu = _reap(proc)
+    rss = poller.stop()[proc.pid]
+    if code != 0:
+        raise RuntimeError(f"loadgen exited {code}; see {log}")
+    return json.loads(out.decode()), rss, cpu
+
+
+# ---------------------------------------------------------------------------------------- identities and APF
+
+_PLURALS = {"ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
+            "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings",
+            "FlowSchema": "flowschemas", "PriorityLevelConfiguration": "prioritylevelconfigurations",
+            "Namespace": "namespaces"}
+CHART = REPO / "charts" / "aks-kms-operator"
+RELEASE_NAMESPACE = "aks-kms-system"
+
+
+def chart_objects() -> list[dict[str, Any]]:
+    """The chart's identity and flow-control objects, rendered by the real helm (default values)."""
+    from aks_kms_lab.controlplane import tool
+
+    out = subprocess.run([str(tool("helm")), "template", "aks-kms-operator", str(CHART), "--namespace",
+                          RELEASE_NAMESPACE, "--kube-version", "1.35.4"], capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(out.stdout) if d and d.get("kind") in _PLURALS]
+
+
+def _apply(cp: Any, obj: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply as the lab admin (the lab's own ``apply`` knows no flowcontrol kinds)."""
+    group_version = obj["apiVersion"]
+    base = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
+    ns = obj["metadata"].get("namespace")
+    path = f"{base}/namespaces/{ns}/{_PLURALS[obj['kind']]}" if ns else f"{base}/{_PLURALS[obj['kind']]}"
+    status, out = cp.request("PATCH", f"{path}/{obj['metadata']['name']}?fieldManager=bench&force=true", obj,
+                             content_type="application/apply-patch+yaml")
+    if status >= 300:
+        raise RuntimeError(f"apply {obj['kind']}/{obj['metadata']['name']}: {status} {out}")
+    return out
+
+
+def _flow_schema_of(kubeconfig: Path, path: str) -> str:
+    """The uid of the FlowSchema the API server put one request of this kubeconfig's user in (the
+    ``X-Kubernetes-PF-FlowSchema-UID`` answer header): proof of which APF flow a client is in."""
+    import ssl
+    import urllib.request
+
+    config = yaml.safe_load(kubeconfig.read_text())
+    cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+    ctx = ssl.create_default_context(cafile=cluster["certificate-authority"])
+    req = urllib.request.Request(cluster["server"] + path, headers={
+        "Authorization": f"Bearer {user['token']}", "Accept": "application/json;as=PartialObjectMetadataList;"
+        "g=meta.k8s.io;v=v1"})
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+        r.read()
+        return r.headers.get("X-Kubernetes-PF-FlowSchema-UID", "")
+
+
+def setup_identities(cp: Any, probe_secret: str) -> dict[str, Any]:
+    """The chart's ServiceAccount, RBAC, FlowSchema and PriorityLevelConfiguration, a TokenRequest
+    token for that ServiceAccount (the engine's identity under APF), and another ServiceAccount
+    allowed to get the probe's Secret (the "other client": not system:masters, which APF exempts)."""
+    objects = chart_objects()
+    _apply(cp, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RELEASE_NAMESPACE}})
+    by_kind = {}
+    for obj in objects:
+        by_kind[obj["kind"]] = _apply(cp, obj)
+    sa = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
+    operator = cp.service_account_kubeconfig(RELEASE_NAMESPACE, sa)
+    probe_ns, _ = probe_secret.split("/", 1)
+    probe = cp.service_account_kubeconfig("bench-probe", "other-client")
+    _apply(cp, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "bench-probe", "namespace": probe_ns},
+                "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]})
+    _apply(cp, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "bench-probe", "namespace": probe_ns},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "bench-probe"},
+                "subjects": [{"kind": "ServiceAccount", "name": "other-client", "namespace": "bench-probe"}]})
+    fs = by_kind["FlowSchema"]
+    matched = _flow_schema_of(operator, f"/api/v1/namespaces/{probe_ns}/secrets?limit=1")
+    pl_name = by_kind["PriorityLevelConfiguration"]["metadata"]["name"]
+    return {"seats": priority_level_seats(cp, (pl_name, "workload-low", "global-default")),
+            "operator_kubeconfig": operator, "probe_kubeconfig": probe,
+            "service_account": f"{RELEASE_NAMESPACE}/{sa}",
+            "flow_schema": fs["metadata"]["name"], "flow_schema_matched": matched == fs["metadata"]["uid"],
+            "priority_level": by_kind["PriorityLevelConfiguration"]["metadata"]["name"],
+            "priority_level_spec": by_kind["PriorityLevelConfiguration"]["spec"]["limited"]}
+
+
+def priority_level_seats(cp: Any, names: Sequence[str]) -> dict[str, float]:
+    """Nominal concurrency limit (seats) of some APF priority levels, from the API server's
+    ``apiserver_flowcontrol_nominal_limit_seats`` metric."""
+    status, text = cp.request("GET", "/metrics")
+    if status != 200 or not isinstance(text, str):
+        return {}
+    seats = {}
+    for line in text.splitlines():
+        if line.startswith("apiserver_flowcontrol_nominal_limit_seats{"):
+            labels, _, value = line.rpartition(" ")
+            level = labels.split('priority_level="', 1)[1].split('"', 1)[0]
+            if level in names:
+                seats[level] = float(value)
+    return seats
+
+
+# ---------------------------------------------------------------------------------------- one layout
+
+
+def parse_size(spec: str) -> tuple[int, int]:
+    """``N`` (N Secrets over N/100 namespaces) or ``N@M`` (N Secrets over M namespaces)."""
+    try:
+        size, _, namespaces = spec.partition("@")
+        n = int(size)
+        m = int(namespaces) if namespaces else max(1, n // 100)
+    except ValueError:
+        raise SystemExit(f"--sizes: {spec!r} is neither N nor N@M (N Secrets over M namespaces), "
+                         "e.g. 20000@5000") from None
+    if n < 1 or not 1 <= m <= n:
+        raise SystemExit(f"--sizes: {spec!r}: need 1 <= namespaces <= Secrets")
+    return n, m
+
+
+def _cpu(client: float, server: dict[str, float], writes: int) -> dict[str, Any]:
+    per = 1000 / max(1, writes)
+    total = server.get("apiserver", 0.0) + server.get("etcd", 0.0)
+    return {"client_s": round(client, 3), **{f"{k}_s": v for k, v in server.items()},
+            "client_per_1k": round(client * per, 3), "server_per_1k": round(total * per, 3),
+            "apiserver_per_1k": round(server.get("apiserver", 0.0) * per, 3),
+            "etcd_per_1k": round(server.get("etcd", 0.0) * per, 3)}
+
+
+CONTENDERS = ("engine", "kubectl", "ceiling", "ceiling_go", "engine_apf")
+
+
+def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 64, page_size: int = 500,
+               ceiling_concurrency: int = 64, skip: Sequence[str] = (), apiserver_args: Sequence[str] = (),
+               repeat: int = 1, log: Any = print) -> dict[str, Any]:
     from aks_kms_lab.controlplane import ControlPlane
     from aks_kms_lab.encryption import (
         KeySlots,
@@ -323,25 +542,31 @@ def bench_size(size: int, *, concurrency: int = 16, page_size: int = 500, log: A
     )
     from aks_kms_lab.seed import seed
 
-    namespaces = max(1, size // 100)
-    row: dict[str, Any] = {"size": size, "namespaces": namespaces, "cpus": os.cpu_count(),
-                           "import_only_rss_mb": _import_only_rss()}
+    namespaces = namespaces or max(1, size // 100)
+    label = f"{size}@{namespaces}"
+    row: dict[str, Any] = {"size": size, "namespaces": namespaces, "layout": label, "cpus": os.cpu_count(),
+                           "import_only_rss_mb": _import_only_rss(), "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="aks-kms-bench-") as tmp_name:
         tmp = Path(tmp_name)
         config = tmp / "encryption.yaml"
-        logs = Path(tempfile.gettempdir()) / f"aks-kms-bench-{size}.log"  # outlives the control plane
+        logs = Path(tempfile.gettempdir()) / f"aks-kms-bench-{label}.log"  # outlives the control plane
         keys = iter(f"https://bench.vault.azure.net/keys/k/v{i}" for i in range(100))
         slots = KeySlots().apply(True, next(keys))
         write_configuration(config, encryption_configuration(slots, aescbc_provider))
-        with ControlPlane(tmp / "cp", encryption_config=config) as cp:
+        row["apiserver_args"] = list(apiserver_args)
+        with ControlPlane(tmp / "cp", encryption_config=config, extra_apiserver_args=tuple(apiserver_args)) as cp:
             env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
             creds = Credentials(server=cp.server, ssl=cp.ssl_context(), headers={})
             t0 = time.monotonic()
             asyncio.run(seed(creds, size, namespaces))
             row["seed_seconds"] = round(time.monotonic() - t0, 2)
-            log(f"[{size}] seeded {size} Secrets in {namespaces} namespaces in {row['seed_seconds']} s")
+            log(f"[{label}] seeded {size} Secrets in {namespaces} namespaces in {row['seed_seconds']} s")
             fixed = next(iter(asyncio.run(_metadata(creds))))
             row["instrumentation_check_data_bytes"] = asyncio.run(_instrumentation_check(creds, fixed))
+            ids = setup_identities(cp, fixed)
+            row["apf"] = {k: v for k, v in ids.items() if not k.endswith("kubeconfig")}
+            probe_env = {**os.environ, "KUBECONFIG": str(ids["probe_kubeconfig"])}
+            operator_env = {**os.environ, "KUBECONFIG": str(ids["operator_kubeconfig"])}
 
             def switch_key() -> tuple[str, dict[str, tuple[str, str, str, str]]]:
                 nonlocal slots, creds
@@ -351,68 +576,100 @@ def bench_size(size: int, *, concurrency: int = 16, page_size: int = 500, log: A
                 creds = Credentials(server=cp.server, ssl=cp.ssl_context(), headers={})
                 return provider_name(slots.current or ""), asyncio.run(_metadata(creds))
 
-            # idle latency of another client, for reference
-            probe = _python_child(["probe", "--secret", fixed], env, logs)
-            time.sleep(3)
-            idle = _stop_probe(probe)
+            def server_cpu() -> ServerCpu:
+                assert cp.etcd is not None and cp.replicas[0] is not None
+                return ServerCpu({"apiserver": cp.replicas[0].pid, "etcd": cp.etcd.pid})
 
-            def engine_run(max_wps: float) -> tuple[dict[str, Any], dict[str, Any]]:
+            # idle latency of another client (a ServiceAccount, not exempt from APF), for reference
+            probe = _python_child(["probe", "--secret", fixed], probe_env, logs)
+            time.sleep(5)
+            idle = _stop_probe(probe)
+            log(f"[{label}] other client idle: p50 {idle['p50_ms']:.1f} ms, p99 {idle['p99_ms']:.1f} ms")
+
+            def measured(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+                """Switch the key, then run one contender with the other client probing and the
+                server's CPU counted; the contender's figures (with ``changed_rv``) and the probe's."""
                 target, before = switch_key()
-                probe = _python_child(["probe", "--secret", fixed], env, logs)
+                probe = _python_child(["probe", "--secret", fixed], probe_env, logs)
                 time.sleep(0.5)
-                out, rss, wall = _run_python_child(
-                    ["engine", "--target", target, "--concurrency", str(concurrency), "--page-size",
-                     str(page_size), "--max-wps", str(max_wps)], env, logs)
+                cpu = server_cpu()
+                result = run(target)
+                result["cpu"] = _cpu(result.pop("cpu_seconds"), cpu.stop(), size)
                 probed = _stop_probe(probe)
-                changed = _changed(before, asyncio.run(_metadata(creds)))
-                result = {"seconds": round(out["seconds"], 3), "writes_per_s": round(out["writes_per_s"], 1),
-                          "peak_rss_mb": round(rss, 1), "process_seconds": round(wall, 3),
-                          "concurrency": concurrency, "page_size": page_size, "max_writes_per_second": max_wps,
-                          "changed_rv": changed, "counters": out["counters"], "throttled": out["throttled"],
-                          "bytes_received": out["bytes_received"], "data_bytes_received": out["data_bytes_received"],
-                          "responses": out["responses"]}
+                result["changed_rv"] = _changed(before, asyncio.run(_metadata(creds)))
                 return result, probed
 
-            engine, probe_uncapped = engine_run(0.0)
-            log(f"[{size}] engine: {engine['writes_per_s']} w/s, {engine['peak_rss_mb']} MB, "
-                f"changed {engine['changed_rv']}, other p99 {probe_uncapped['p99_ms']} ms")
+            def engine(run_env: dict[str, str]) -> Any:
+                def run(target: str) -> dict[str, Any]:
+                    out, rss, wall = _run_python_child(
+                        ["engine", "--target", target, "--concurrency", str(concurrency), "--page-size",
+                         str(page_size)], run_env, logs)
+                    return {"seconds": round(out["seconds"], 3), "writes_per_s": round(out["writes_per_s"], 1),
+                            "peak_rss_mb": round(rss, 1), "process_seconds": round(wall, 3),
+                            "concurrency": concurrency, "page_size": page_size, "counters": out["counters"],
+                            "throttled": out["throttled"], "bytes_received": out["bytes_received"],
+                            "data_bytes_received": out["data_bytes_received"], "responses": out["responses"],
+                            "cpu_seconds": out["cpu_seconds"]}
+                return run
 
-            _, before = switch_key()
-            kubectl = _kubectl_replace(cp.kubeconfig, logs)
-            kubectl["changed_rv"] = _changed(before, asyncio.run(_metadata(creds)))
-            kubectl = {k: round(v, 3) if isinstance(v, float) else v for k, v in kubectl.items()}
-            log(f"[{size}] kubectl replace: {kubectl['writes_per_s']} w/s, {kubectl['peak_rss_mb']} MB, "
-                f"changed {kubectl['changed_rv']}")
+            def kubectl(_target: str) -> dict[str, Any]:
+                return {k: round(v, 3) if isinstance(v, float) else v
+                        for k, v in _kubectl_replace(cp.kubeconfig, logs).items()}
 
-            _, before = switch_key()
-            refs = tmp / "refs.json"
-            t0 = time.monotonic()
-            listed = asyncio.run(_metadata(creds))  # the pre-fetch: timed separately, not in the ceiling's rate
-            list_seconds = time.monotonic() - t0
-            refs.write_text(json.dumps([list(v) for v in listed.values()]))
-            out, rss, wall = _run_python_child(["ceiling", "--refs", str(refs), "--concurrency", "64"], env, logs)
-            ceiling = {"seconds": round(out["seconds"], 3), "writes_per_s": round(out["writes_per_s"], 1),
-                       "peak_rss_mb": round(rss, 1), "list_seconds_excluded": round(list_seconds, 3),
-                       "process_seconds": round(wall, 3),
-                       "concurrency": 64, "statuses": out["statuses"],
-                       "changed_rv": _changed(before, asyncio.run(_metadata(creds)))}
-            log(f"[{size}] ceiling: {ceiling['writes_per_s']} w/s, {ceiling['peak_rss_mb']} MB, "
-                f"changed {ceiling['changed_rv']}")
+            def ceiling(go: bool) -> Any:
+                def run(_target: str) -> dict[str, Any]:
+                    refs = tmp / "refs"
+                    t0 = time.monotonic()
+                    listed = asyncio.run(_metadata(creds))  # the pre-fetch: timed separately, not in the rate
+                    list_seconds = time.monotonic() - t0
+                    if go:
+                        refs.write_text("".join(f"{ns}/{n} {uid} {rv}\n" for ns, n, uid, rv in listed.values()))
+                        out, rss, client_cpu = _go_ceiling(cp.kubeconfig, refs, ceiling_concurrency, logs)
+                        extra = {"statuses": out["statuses"], "http2_answers": out["http2"],
+                                 "latency_ms": out["latency_ms"], "errors": out["errors"]}
+                    else:
+                        refs.write_text(json.dumps([list(v) for v in listed.values()]))
+                        out, rss, _ = _run_python_child(["ceiling", "--refs", str(refs), "--concurrency",
+                                                         str(ceiling_concurrency)], env, logs)
+                        client_cpu, extra = out["cpu_seconds"], {"statuses": out["statuses"]}
+                    return {"seconds": round(out["seconds"], 3), "writes_per_s": round(out["writes_per_s"], 1),
+                            "peak_rss_mb": round(rss, 1), "list_seconds_excluded": round(list_seconds, 3),
+                            "concurrency": ceiling_concurrency, **extra, "cpu_seconds": client_cpu}
+                return run
 
-            capped_rate = round(engine["writes_per_s"] / 2, 1)
-            engine_capped, probe_capped = engine_run(capped_rate)
-            log(f"[{size}] engine capped at {capped_rate}: {engine_capped['writes_per_s']} w/s, "
-                f"other p99 {probe_capped['p99_ms']} ms")
+            plan = {"engine": engine(env), "kubectl_replace": kubectl, "ceiling": ceiling(False),
+                    "ceiling_go": ceiling(True), "engine_apf": engine(operator_env)}
+            runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+            for round_no in range(repeat):
+                for name, run in plan.items():
+                    if name.replace("_replace", "") in skip or (name == "kubectl_replace" and round_no):
+                        continue  # kubectl: once (minutes at 50000, and its shape does not change)
+                    result, probed = measured(run)
+                    runs.setdefault(name, []).append((result, probed))
+                    c = result["cpu"]
+                    log(f"[{label}] {name} #{round_no + 1}: {result['writes_per_s']:.0f} w/s, "
+                        f"{result['peak_rss_mb']:.0f} MB, changed {result['changed_rv']}, "
+                        f"CPU/1k client {c['client_per_1k']} s server {c['server_per_1k']} s, other client p50/p99 "
+                        f"{_r(probed['p50_ms'])}/{_r(probed['p99_ms'])} ms"
+                        + (f", {result['throttled']} x 429" if "throttled" in result else ""))
+            results: dict[str, Any] = {}
+            probes: dict[str, Any] = {"idle": idle}
+            for name, done in runs.items():
+                ordered = sorted(done, key=lambda r: r[0]["writes_per_s"])
+                results[name], probes[name] = ordered[(len(ordered) - 1) // 2]  # the median run (lower middle)
+                results[name]["runs_writes_per_s"] = [r[0]["writes_per_s"] for r in done]
+                results[name]["runs_correct"] = all(r[0]["changed_rv"] == size for r in done)
+                probes[name]["runs_p99_ms"] = [_r(r[1]["p99_ms"]) for r in done]
 
-    row.update({
-        "engine": engine, "engine_capped": engine_capped, "kubectl_replace": kubectl, "ceiling": ceiling,
-        "data_bytes_received": engine["data_bytes_received"] + engine_capped["data_bytes_received"],
-        "bytes_received": {"engine": engine["bytes_received"], "engine_capped": engine_capped["bytes_received"]},
-        "other_clients_p99_ms": {"idle": _r(idle["p99_ms"]), "uncapped": _r(probe_uncapped["p99_ms"]),
-                                 "capped": _r(probe_capped["p99_ms"])},
-        "other_clients": {"idle": idle, "uncapped": probe_uncapped, "capped": probe_capped},
-        "correct": all(x["changed_rv"] == size for x in (engine, engine_capped, kubectl, ceiling)),
-    })
+    row.update(results)
+    row["load_after"] = os.getloadavg()
+    row["data_bytes_received"] = sum(r[0]["data_bytes_received"] for k in ("engine", "engine_apf")
+                                     for r in runs.get(k, []))
+    row["bytes_received"] = {k: results[k]["bytes_received"] for k in ("engine", "engine_apf") if k in results}
+    row["other_clients"] = probes
+    row["other_clients_ms"] = {k: {"p50": _r(v["p50_ms"]), "p99": _r(v["p99_ms"])} for k, v in probes.items()}
+    row["correct"] = all(results[k]["runs_correct"] for k in results)
+    row["repeat"] = repeat
     row["ratios"] = ratios(row)
     return row
 
@@ -426,22 +683,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("engine", "ceiling", "probe"):
         return _child_main(argv)
     parser = argparse.ArgumentParser(prog="benchmarks.rewrite", description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1000 10000 50000")
+    parser.add_argument("--sizes", default="1000 10000 50000",
+                        help="N (N Secrets over N/100 namespaces) or N@M (over M namespaces), space-separated")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="the engine's; the same as the ceilings' by default, so the shapes are compared")
     parser.add_argument("--page-size", type=int, default=500)
+    parser.add_argument("--ceiling-concurrency", type=int, default=64)
+    parser.add_argument("--apiserver-args", default="",
+                        help='extra kube-apiserver flags, e.g. "--max-requests-inflight=20 '
+                             '--max-mutating-requests-inflight=10" (APF seats sized to a 2-core server)')
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every contender (kubectl: once), interleaved; the median run is reported")
+    parser.add_argument("--skip", default="", help=f"contenders to leave out, space-separated: {' '.join(CONTENDERS)}")
     args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split()]
+    layouts = [parse_size(s) for s in args.sizes.split()]
+    skip = args.skip.split()
+    if unknown := set(skip) - set(CONTENDERS):
+        raise SystemExit(f"--skip: unknown contender(s) {sorted(unknown)}; choose from {' '.join(CONTENDERS)}")
+    if "ceiling_go" not in skip and not loadgen_binary().exists():
+        raise SystemExit(f"--skip ceiling_go, or build the Go ceiling first: make tools (no {loadgen_binary()})")
     rows = []
-    for size in sizes:
-        rows.append(bench_size(size, concurrency=args.concurrency, page_size=args.page_size,
+    for size, namespaces in layouts:
+        rows.append(bench_size(size, namespaces=namespaces, concurrency=args.concurrency, page_size=args.page_size,
+                               ceiling_concurrency=args.ceiling_concurrency, skip=skip,
+                               apiserver_args=args.apiserver_args.split(), repeat=max(1, args.repeat),
                                log=lambda msg: print(msg, file=sys.stderr, flush=True)))
     text = json.dumps(rows, indent=2) + "\n"
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / results_name(dt.date.today().isoformat(), sizes)).write_text(text)
+    (RESULTS / results_name(dt.date.today().isoformat(), args.sizes.split())).write_text(text)
     print(markdown_table(rows))
     return 0 if all(r["correct"] and r["data_bytes_received"] == 0 for r in rows) else 1
 
