@@ -114,8 +114,9 @@ async def check_kubernetes(source: CredentialSource, *, timeout: float = 10.0) -
                                  "renew the token or certificate in that kubeconfig (kubectl get ns must work)"
                                  ) from err
         if err.status == 403:
-            raise StartupProblem(f"the identity from {source.origin} may not list {api.PLURAL} (403 Forbidden: "
-                                 f"{_first_line(err.message, 120)})", RBAC_FIX) from err
+            user = re.search(r'User "([^"]+)"', err.message)
+            who = f"{user.group(1)} (from {source.origin})" if user else f"from {source.origin}"
+            raise StartupProblem(f"the identity {who} may not list {api.PLURAL} (403 Forbidden)", RBAC_FIX) from err
         if err.status in (429,) or err.status >= 500:
             raise StartupProblem(f"the API server at {server} answered {err.status} {err.reason}",
                                  "none: retried", transient=True) from err
@@ -164,6 +165,17 @@ def _azure_kind(text: str) -> str:
     return "refused"
 
 
+def _azure_reason(text: str) -> str:
+    """The network failure in azure-identity's text, in a few words."""
+    lowered = text.lower()
+    for needle, words in (("connection refused", "connection refused"), ("timed out", "no answer"),
+                          ("name or service not known", "host name not found"),
+                          ("temporary failure in name resolution", "host name not found")):
+        if needle in lowered:
+            return words
+    return " ".join(text.split())[:120]
+
+
 def check_azure() -> str:
     """Get one ARM token. Returns "" when fine, or a warning line when Entra ID cannot be reached
     (transient: reconciles keep trying); raises ``StartupProblem`` for missing or refused credentials."""
@@ -193,7 +205,7 @@ def check_azure() -> str:
         text = str(err)
         kind = _azure_kind(text)
         if kind == "unreachable":
-            return (f"cannot reach Entra ID at {settings.authority_host} for an Azure token ({_first_line(err, 120)}); "
+            return (f"cannot reach Entra ID at {settings.authority_host} for an Azure token ({_azure_reason(text)}); "
                     "starting anyway: every reconcile retries and reports Azure errors in the policy's status")
         if kind == "untrusted":
             raise StartupProblem(f"the certificate of Entra ID at {settings.authority_host} is not trusted",

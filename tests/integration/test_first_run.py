@@ -111,7 +111,8 @@ def test_an_identity_without_rbac(with_crd: ControlPlane, tmp_path: Path) -> Non
     result = run_once(clean_env(tmp_path, KUBECONFIG=str(config)))
     assert result.returncode == EXIT_CONFIG
     line = one_line(result)
-    assert "may not list clusterencryptionpolicies (403 Forbidden" in line and "ClusterRole" in line
+    assert "identity system:serviceaccount:first-run:no-rights" in line
+    assert "may not list clusterencryptionpolicies (403 Forbidden)" in line and "ClusterRole" in line
 
 
 def test_no_azure_credentials(with_crd: ControlPlane, tmp_path: Path) -> None:
