@@ -5,8 +5,9 @@ config directory, kubeconfig and a service-principal login), every command below
 (``/work/shared/seed``: "Azure Kubernetes Service 클러스터에 키 관리 서비스 etcd 암호화 추가") with only
 the lab's names filled in: resource group ``lab-rg``, cluster ``lab-aks``, the cluster's identity
 ``lab-aks-identity``, and a vault and key that the procedure itself creates. ``lab verify`` runs after
-every re-encryption. The operator then adopts the cluster that az configured and reaches Ready
-without writing to ARM.
+every re-encryption. Once az has moved the cluster to the private vault, the operator adopts it and
+reaches Ready without writing to ARM; the policy is then deleted (deletionPolicy Retain) and az
+disables KMS, as the seed's last section does.
 
 One deviation, which the seed's own prerequisites force: ``az ad signed-in-user show`` needs a user
 sign-in (Microsoft Graph's ``/me``), and the lab signs in a service principal, so that command fails as
@@ -32,6 +33,7 @@ from aks_kms_lab import lab
 from aks_kms_lab.controlplane import REPO_ROOT
 from aks_kms_lab.lab import LabRuntime
 
+from ..support import wait_for
 from .conftest import SCRIPT, LabHarness
 
 pytestmark = pytest.mark.e2e
@@ -40,6 +42,10 @@ AZ = REPO_ROOT / ".cache" / "azure-cli" / "bin" / "az"
 RG, CLUSTER, IDENTITY, VAULT, KEY = "lab-rg", "lab-aks", "lab-aks-identity", "azkmsvault", "azkey"
 REENCRYPT = "kubectl get secrets --all-namespaces -o json | kubectl replace -f -"
 SECRETS, NAMESPACES = 60, 3
+
+
+def cluster_puts(fake: Any) -> list[Any]:
+    return [w for w in fake.writes if w.method == "PUT" and "/managedclusters/" in w.path.lower()]
 
 
 class Shell:
@@ -74,7 +80,7 @@ class Shell:
 
     def _note_operation(self, index: int) -> None:
         """How long the lab's "AKS" took (the API server roll): the rest of az's time is az's own."""
-        put = [w for w in self.fake.writes if w.method == "PUT" and "/managedclusters/" in w.path.lower()][-1]
+        put = cluster_puts(self.fake)[-1]
         op = self.fake.operation(put.summary["operation"])
         if op and op.get("endTime"):
             ended, started = dt.datetime.fromisoformat(op["endTime"]), dt.datetime.fromisoformat(op["startTime"])
@@ -181,6 +187,20 @@ def test_seed_procedure_with_the_azure_cli(lab_env: LabHarness, sh: Shell) -> No
         outside = sh.run(f"az keyvault key show --name {KEY} --vault-name {VAULT}", rc=1)  # the host does not
         assert "Public network access is disabled" in outside.stderr
 
+        # The operator adopts what az configured (Private, az's vault, the rotated key): Ready, no ARM write.
+        puts = cluster_puts(fake)
+        assert len(puts) == 4  # enable, rotate, disable, enable Private: all az's
+        policy = lab_env.world.policy(key_id=new_key_id, private=True)
+        policy["spec"]["kms"]["keyVaultResourceId"] = sh.env["KEYVAULT_RESOURCE_ID"]
+        lab_env.cp.apply(policy)
+        lab_env.wait_encrypted_with(new_key_id)
+        assert cluster_puts(fake) == puts, [w.summary for w in cluster_puts(fake)[len(puts):]]
+        # Hand the cluster back (deletionPolicy Retain, the default: AKS is left as it is).
+        code, _ = lab_env.cp.request("DELETE", f"{lab.POLICIES}/default")
+        assert code == 200
+        wait_for(lambda: lab_env.cp.request("GET", f"{lab.POLICIES}/default")[0] == 404, timeout=60,
+                 interval=0.5, what="the policy deleted")
+
         # Disable KMS (after checking it is on), re-encrypt, verify.
         listed = sh.run('az aks list --query "[].{Name:name, KmsEnabled:securityProfile.azureKeyVaultKms.enabled, '
                         'KeyId:securityProfile.azureKeyVaultKms.keyId}" -o table')
@@ -188,20 +208,6 @@ def test_seed_procedure_with_the_azure_cli(lab_env: LabHarness, sh: Shell) -> No
         sh.run(disable)
         sh.run(REENCRYPT)
         sh.verify("identity")
-
-        # Private → Public ("the same steps work from private to public"), leaving KMS on for the operator.
-        sh.run(f"az keyvault update --name {VAULT} --resource-group {RG} --public-network-access Enabled")
-        sh.run(f'az aks update --name {CLUSTER} --resource-group {RG} --enable-azure-keyvault-kms '
-               '--azure-keyvault-kms-key-vault-network-access "Public" --azure-keyvault-kms-key-id $NEW_KEY_ID')
-        sh.run(REENCRYPT)
-        sh.verify(new_key_id)
+        assert len(cluster_puts(fake)) == 5  # the operator wrote nothing, before or after
     finally:
         print("\nseed commands against the lab (exit code, seconds, command):\n" + sh.table())
-
-    # The operator adopts what az configured: Ready with the same key, and not one more ARM write.
-    cluster_puts = [w for w in fake.writes if w.method == "PUT" and "/managedclusters/" in w.path.lower()]
-    assert len(cluster_puts) == 6  # the six `az aks update` calls
-    lab_env.apply(key_id=new_key_id)
-    lab_env.wait_encrypted_with(new_key_id)
-    after = [w for w in fake.writes if w.method == "PUT" and "/managedclusters/" in w.path.lower()]
-    assert after == cluster_puts, [w.summary for w in after[len(cluster_puts):]]
