@@ -861,7 +861,9 @@ def test_identity_put_get_delete(fake: FakeAzure, arm_token: str) -> None:
 
 def test_role_assignment_put_duplicate_409_and_delete(fake: FakeAzure, arm_reader: SdkArmReader,
                                                       arm_token: str) -> None:
-    principal = str(uuid.uuid4())
+    stranger = str(uuid.uuid4())
+    principal = fake.add_identity(f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ManagedIdentity/"
+                                  f"userAssignedIdentities/ra-{uuid.uuid4().hex[:6]}").principal_id
     crypto_user = "12338af0-0e69-4776-bea7-57ae8d297424"
     role_id = f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{crypto_user}"
     body = {"properties": {"roleDefinitionId": role_id, "principalId": principal, "principalType": "ServicePrincipal"}}
@@ -871,6 +873,9 @@ def test_role_assignment_put_duplicate_409_and_delete(fake: FakeAzure, arm_reade
     duplicate = arm_send(fake, "PUT", f"{VAULT_ID}/providers/Microsoft.Authorization/roleAssignments/{uuid.uuid4()}",
                          arm_token, body)
     assert (duplicate.status_code, duplicate.json()["error"]["code"]) == (409, "RoleAssignmentExists")
+    unknown = arm_send(fake, "PUT", f"{VAULT_ID}/providers/Microsoft.Authorization/roleAssignments/{uuid.uuid4()}",
+                       arm_token, {"properties": {**body["properties"], "principalId": stranger}})
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (400, "PrincipalNotFound")
     listed = arm_get(fake, f"{VAULT_ID}/providers/Microsoft.Authorization/roleAssignments", arm_token,
                      **{"$filter": f"principalId eq '{principal}'"})
     assert [a["id"] for a in listed.json()["value"]] == [first.json()["id"]]
@@ -886,6 +891,8 @@ def test_private_vault_refuses_the_public_network_and_serves_its_private_link(fa
 
     name = f"kvp{uuid.uuid4().hex[:8]}"
     path = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.KeyVault/vaults/{name}"
+    bad = arm_send(fake, "PUT", path.replace(name, "9-bad"), arm_token, {"properties": {"tenantId": fake.tenant_id}})
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "VaultNameNotValid")
     created = arm_send(fake, "PUT", path, arm_token, {"location": "westeurope", "properties": {
         "tenantId": fake.tenant_id, "sku": {"family": "A", "name": "standard"}, "enableRbacAuthorization": True}})
     assert created.status_code == 201 and created.json()["properties"]["publicNetworkAccess"] == "Enabled"

@@ -712,6 +712,10 @@ def _vault_put(state: FakeState, request: Request, sub: str, rg: str, name: str)
     Vault names are global in Azure: a name taken in another resource group → 409 ``VaultAlreadyExists``.
     """
     group = _group(state, sub, rg)
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]", name) or "--" in name:
+        raise ApiError(400, "VaultNameNotValid", f"The vault name '{name}' is invalid: use 3-24 letters, digits and "
+                                                 "single hyphens, starting with a letter and ending with a letter "
+                                                 "or digit.")
     body = json_body(request)
     props = body.get("properties") or {}
     existing = state.vault(name)
@@ -760,6 +764,11 @@ def _assignment_put(state: FakeState, request: Request, scope: str, name: str) -
                                                           "does not exist.")
     if not principal:
         raise ApiError(400, "InvalidPrincipalId", "properties.principalId is required.")
+    known = {p for p, _secret in state.clients.values()} | {i.principal_id for i in state.identities.values()}
+    if principal not in known:
+        raise ApiError(400, "PrincipalNotFound", f"Principal {principal.replace('-', '')} does not exist in the "
+                                                 f"directory {state.tenant_id}. Check that you have the correct "
+                                                 "principal ID (an object ID, not a client ID).")
     for a in state.assignments:
         if a.guid.lower() == name.lower():
             raise ApiError(409, "RoleAssignmentUpdateNotPermitted", "Tenant ID, application ID, principal ID, and "
