@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: the lab end to end. Enable KMS (key V1) on 2,000 Secrets, watch the operator re-encrypt
-# them, verify every Secret in etcd, rotate to V2, verify again. Leaves the lab up; stops the operator.
+# them, verify every Secret in etcd, plan then rotate to V2, verify again. Leaves the lab up; stops the operator.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -48,7 +48,11 @@ done_step() {
 kc() { "$KUBECTL" --kubeconfig "$LAB_DIR/kubeconfig" "$@"; }
 
 apply_policy() { # $1: key URL
-  kc apply -f - <<YAML
+  policy_yaml "$1" | kc apply -f -
+}
+
+policy_yaml() { # $1: key URL
+  cat <<YAML
 apiVersion: aks-kms.dev/v1alpha1
 kind: ClusterEncryptionPolicy
 metadata:
@@ -149,6 +153,12 @@ done_step
 
 step "lab verify (expect V1)"
 "$CLI" lab verify --dir "$LAB_DIR"
+done_step
+
+step "plan the rotation to V2 before applying it (reads only; exit 2: change planned)"
+rc=0
+policy_yaml "$LAB_KEY_V2" | "$CLI" plan -f - || rc=$?
+[ "$rc" -eq 2 ] || { echo "plan exited $rc, expected 2 (change planned)" >&2; exit 1; }
 done_step
 
 step "rotate to key V2 ($LAB_KEY_V2)"
