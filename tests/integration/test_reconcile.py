@@ -5,6 +5,7 @@ and re-encrypting Secrets on the real API server. Scenarios run in order on one 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from aks_kms_lab.encryption import provider_name
 from aks_kms_lab.seed import seed
 from aks_kms_operator.kube import Credentials
 
-from .aks_env import AksEnv, condition
+from .aks_env import POLICIES, AksEnv, condition, reason_of
 
 pytestmark = pytest.mark.integration
 NAME = "default"
@@ -84,6 +85,7 @@ def test_second_rotation_waits_for_the_first_rewrite(aks: AksEnv) -> None:
     assert status["plan"]["steps"][0] == "Rewrite", status["plan"]
     assert len(aks.cluster_puts()) == puts + 1, "no Update may be sent before the v3 rewrite completes"
     all_under(aks, provider_name(v2))
+    previous_key_expiring_is_a_warning(aks, v2)
     # Resume: the v3 rewrite completes, then the Update to v1 goes out, then its rewrite.
     aks.patch_spec(NAME, {"rewrite": {"paused": False}})
     status = aks.wait_ready(NAME)
@@ -92,6 +94,31 @@ def test_second_rotation_waits_for_the_first_rewrite(aks: AksEnv) -> None:
     assert (status["keys"]["current"]["keyId"], status["keys"]["previous"]["keyId"]) == (v1, v3)
     assert [r["keyId"] for r in status["keys"]["retirable"]] == [v2]
     all_under(aks, provider_name(v1))
+
+
+def previous_key_expiring_is_a_warning(aks: AksEnv, previous: str) -> None:
+    """AKS's previous key still holds every Secret (rewrite paused): its expiry coming close is KeyHealthy
+    False ``PreviousKeyExpiresSoon``, a Warning Event and the metrics the alert reads."""
+    soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=3)
+    aks.fake.set_key_attributes(previous, expires_on=soon)
+    try:
+        code, out = aks.cp.request("PATCH", f"{POLICIES}/{NAME}", {"metadata": {"annotations": {
+            "reconcile.fluxcd.io/requestedAt": soon.isoformat()}}}, content_type="application/merge-patch+json")
+        assert code == 200, out
+        status = aks.wait_status(NAME, lambda s: reason_of(s, "KeyHealthy") == "PreviousKeyExpiresSoon",
+                                 what="KeyHealthy PreviousKeyExpiresSoon")
+        assert condition(status, "KeyHealthy") == "False" and condition(status, "Ready") == "False"
+        _, body = aks.cp.request("GET", "/api/v1/namespaces/default/events")
+        warned = [e for e in body.get("items") or [] if e.get("reason") == "PreviousKeyExpiresSoon"]
+        assert warned and warned[0]["type"] == "Warning" and previous in warned[0]["message"], warned
+        with urllib.request.urlopen(aks.metrics_url, timeout=10) as response:
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for f in text_string_to_metric_families(response.read().decode()) for s in f.samples}
+        slot = (("policy", NAME), ("slot", "previous"))
+        assert samples[("aks_kms_key_protects_secrets", slot)] == 1
+        assert samples[("aks_kms_key_expiry_timestamp_seconds", slot)] == soon.timestamp()
+    finally:
+        aks.fake.set_key_attributes(previous, expires_on=None)
 
 
 def test_vault_mode_change_goes_through_plaintext(aks: AksEnv) -> None:
