@@ -246,7 +246,10 @@ def report(inputs: PlanInputs) -> dict[str, Any]:
         "encryptedWith": inputs.status.encrypted_with,
         "outcome": outcome,
         "exitCode": {NO_CHANGE: EXIT_NO_CHANGE, CHANGE: EXIT_CHANGE, BLOCKED: EXIT_BLOCKED}[outcome],
-        "next": {"step": decision.next_step.value, "reason": decision.reason, "message": decision.message,
+        "next": {"step": decision.next_step.value, "reason": decision.reason,
+                 # the planner's message for a write reads "Disable to identity"; the step's own words read better
+                 "message": _step_text(next(s for s in steps if s.writes), secrets, namespaces)
+                 if decision.writes and any(s.writes for s in steps) else decision.message,
                  "fix": decision.fix},
         "steps": rendered,
         "armWrites": sum(1 for s in steps if s.writes),

@@ -167,3 +167,9 @@ def test_without_the_right_to_list_secrets_the_sizes_are_unknown_not_zero() -> N
     assert rep["rewrite"]["estimatedSeconds"] is None and planview.exit_code(rep) == 2
     text = planview.render_text(rep)
     assert "Secrets not counted" in text and "re-encrypt every Secret" in text and " 0 Secret" not in text
+
+
+def test_the_next_write_is_described_in_the_steps_own_words() -> None:
+    rep = planview.report(inputs(spec(keyVaultNetworkAccess="Private", keyVaultResourceId=VAULT), cluster(), KA))
+    assert rep["next"]["step"] == "Disable"
+    assert rep["next"]["message"].startswith("ARM PUT: disable KMS"), rep["next"]
