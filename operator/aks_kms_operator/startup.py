@@ -236,11 +236,11 @@ def say(line: str) -> None:
 
 
 def run_checks(kubeconfig: str = "", *, sleep: Callable[[float], None] = time.sleep,
-               max_delay: float = 30.0) -> int | None:
+               max_delay: float = 10.0) -> int | None:
     """The startup preflight of ``run``: None to go on, else the exit code (``EXIT_CONFIG``, or 0 when
     stopped while waiting).
 
-    An unreachable API server is retried (2 s, 4 s, … up to ``max_delay``) with one line per attempt;
+    An unreachable API server is retried (2 s, 4 s, 8 s, then every ``max_delay``) with one line per attempt;
     everything else that is wrong stops the process with one line. SIGTERM while waiting exits 0 (a
     clean stop, like SIGTERM to the running operator), Ctrl-C 130.
     """
