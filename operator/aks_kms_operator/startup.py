@@ -95,6 +95,7 @@ async def check_kubernetes(source: CredentialSource, *, timeout: float = 10.0) -
     policies = f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}"
     try:
         async with KubeClient(source, pool_size=1, timeout=timeout) as kube:
+            await _ready(source, server, timeout)
             try:
                 group = await kube.request("GET", f"/apis/{api.GROUP}/{api.VERSION}")
             except KubeError as err:
@@ -133,6 +134,18 @@ async def check_kubernetes(source: CredentialSource, *, timeout: float = 10.0) -
         raise StartupProblem(f"cannot reach the Kubernetes API server at {server} ({reason})",
                              "none if it is starting; otherwise check the server URL in the kubeconfig and the "
                              "network", transient=True) from err
+
+
+async def _ready(source: CredentialSource, server: str, timeout: float) -> None:
+    """A starting API server answers before it has loaded the CRDs from etcd: its /apis/<group> is a 404
+    until /readyz passes (the crd-informer-synced check). Not ready is transient, so a missing CRD is
+    only concluded from a ready API server. /readyz is public by default; any other answer is ignored."""
+    creds = source.snapshot()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
+            session.get(f"{server}/readyz", headers=dict(creds.headers), ssl=creds.ssl) as resp:
+        if resp.status in (500, 503):
+            raise StartupProblem(f"the API server at {server} is not ready yet (/readyz answered {resp.status})",
+                                 "none: retried", transient=True)
 
 
 def _network_reason(err: BaseException, timeout: float) -> str:
