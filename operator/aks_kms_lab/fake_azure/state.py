@@ -163,6 +163,32 @@ class Vault:
 
 
 @dataclass
+class User:
+    """A directory user who signs in with a password (the Azure CLI's ``az login -u -p``)."""
+
+    user_principal_name: str
+    object_id: str
+    password: str
+    display_name: str = "Lab User"
+
+    def graph(self) -> dict[str, Any]:
+        return {
+            "@odata.type": "#microsoft.graph.user",
+            "id": self.object_id,
+            "displayName": self.display_name,
+            "userPrincipalName": self.user_principal_name,
+            "mail": None,
+            "givenName": "Lab",
+            "surname": "User",
+            "businessPhones": [],
+            "jobTitle": None,
+            "officeLocation": None,
+            "preferredLanguage": None,
+            "mobilePhone": None,
+        }
+
+
+@dataclass
 class ResourceGroup:
     subscription_id: str
     name: str
@@ -320,6 +346,8 @@ class FakeState:
         # (``ensure_group``), so ``az login`` lists the subscription and ``az group show`` finds the group.
         self.subscriptions: dict[str, str] = {}  # lower-case id -> id as written
         self.groups: dict[str, ResourceGroup] = {}  # "sub/rg" lower-case -> group
+        self.users: dict[str, User] = {}  # lower-case user principal name -> user
+        self.refresh_tokens: dict[str, str] = {}  # refresh token -> lower-case user principal name
 
     # ---------------------------------------------------------------- lookups
 
