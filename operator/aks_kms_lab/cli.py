@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
     p = _sub(sub, "env", parents=[common],
-             help_text="print the lab's operator environment (KEY=VALUE); with --az, shell exports and a "
-                       "service-principal login for the real Azure CLI (HTTPS_PROXY to the lab's proxy, "
+             help_text="print the lab's operator environment (KEY=VALUE); with --az, shell exports and the "
+                       "lab user's login for the real Azure CLI (HTTPS_PROXY to the lab's proxy, "
                        "REQUESTS_CA_BUNDLE, AZURE_CONFIG_DIR inside the lab, KUBECONFIG); see docs/lab.md")
     p.add_argument("--az", action="store_true", help='shell code for eval "$(aks-kms-operator lab env --az)"')
     p.set_defaults(func=_env)

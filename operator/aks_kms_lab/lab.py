@@ -202,6 +202,8 @@ class LabRuntime:
         extra["ETCD_URL"] = self.cp.etcd_url
         extra["LAB_AZ_PROXY"] = self.proxy.url  # see az_env(): the Azure CLI's way in
         extra["LAB_SP_OBJECT_ID"] = self.fake.principal_id  # the lab app's service principal (object ID)
+        extra["LAB_AZ_USER"] = self.fake.user_name  # the directory user `lab env --az` signs in
+        extra["LAB_AZ_PASSWORD"] = self.fake.user_password
         lines = [f"{k}={shlex.quote(v)}" for k, v in {**self.env, **extra}.items()]
         p.env.write_text("\n".join(lines) + "\n")
         p.env.chmod(0o600)  # holds the fake Azure's client secret
@@ -363,8 +365,10 @@ def az_env(root: Path = DEFAULT_DIR) -> dict[str, str]:
     directory inside the lab (``~/.azure`` is left alone and ``lab down`` forgets the login), and
     ``NO_PROXY`` keeps the lab's own 127.0.0.1 endpoints (API server, etcd) direct. ``KUBECONFIG``
     points kubectl at the lab, so the seed's ``kubectl get secrets -A -o json | kubectl replace -f -``
-    runs as written. The service principal is the lab's app; ``LAB_SP_OBJECT_ID`` is its object ID
-    (what ``az ad signed-in-user show --query id`` gives for a user, which the lab does not have).
+    runs as written. ``LAB_AZ_USER``/``LAB_AZ_PASSWORD`` are the lab's directory user, whom
+    :func:`az_env_script` signs in (the Azure docs' commands assume a signed-in user: ``az ad
+    signed-in-user show``); the lab app's service principal and its object ID (``LAB_SP_OBJECT_ID``) are
+    exported too, for ``az login --service-principal`` or the operator.
     """
     p = LabPaths(Path(root).resolve())
     if not is_running(p.root):
@@ -384,13 +388,16 @@ def az_env(root: Path = DEFAULT_DIR) -> dict[str, str]:
         "AZURE_CLIENT_ID": env["AZURE_CLIENT_ID"],
         "AZURE_CLIENT_SECRET": env["AZURE_CLIENT_SECRET"],
         "LAB_SP_OBJECT_ID": env["LAB_SP_OBJECT_ID"],
+        "LAB_AZ_USER": env["LAB_AZ_USER"],
+        "LAB_AZ_PASSWORD": env["LAB_AZ_PASSWORD"],
         "LAB_SUBSCRIPTION": world.public_vault_id.split("/")[2],
         "KUBECONFIG": str(p.kubeconfig),
     }
 
 
 def az_env_script(root: Path = DEFAULT_DIR) -> str:
-    """``lab env --az``: shell exports of :func:`az_env`, then the service-principal login."""
+    """``lab env --az``: shell exports of :func:`az_env`, then the lab user's login (``--only-show-errors``
+    hides az's warning that password sign-in does not work with MFA, which the lab has not)."""
     env = az_env(root)
     lines = ["# the Azure CLI against the lab: eval \"$(aks-kms-operator lab env --az)\""]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
@@ -401,8 +408,7 @@ def az_env_script(root: Path = DEFAULT_DIR) -> str:
         link = shim / "az"
         if not link.exists():
             link.symlink_to(AZ_CLI_VENV / "az")
-    lines.append('az login --service-principal --username "$AZURE_CLIENT_ID" --password "$AZURE_CLIENT_SECRET" '
-                 '--tenant "$AZURE_TENANT_ID" --output none')
+    lines.append('az login --username "$LAB_AZ_USER" --password "$LAB_AZ_PASSWORD" --output none --only-show-errors')
     return "\n".join(lines) + "\n"
 
 

@@ -9,10 +9,8 @@ every re-encryption. Once az has moved the cluster to the private vault, the ope
 reaches Ready without writing to ARM; the policy is then deleted (deletionPolicy Retain) and az
 disables KMS, as the seed's last section does.
 
-One deviation, which the seed's own prerequisites force: ``az ad signed-in-user show`` needs a user
-sign-in (Microsoft Graph's ``/me``), and the lab signs in a service principal, so that command fails as
-it does in Azure for a service principal, and the role assignment to "yourself" uses
-``$LAB_SP_OBJECT_ID`` with principal type ServicePrincipal instead (docs/lab.md says so).
+``lab env --az`` signs in the lab's directory user, so the seed's "assign yourself Key Vault Crypto
+Officer" step (``az ad signed-in-user show``, Microsoft Graph's ``/me``) runs as written too.
 
 The steps print a table of command, exit code and seconds (``pytest -s`` shows it).
 """
@@ -131,10 +129,10 @@ def test_seed_procedure_with_the_azure_cli(lab_env: LabHarness, sh: Shell) -> No
         # Public key vault with Azure RBAC, and its key.
         sh.run(f"export KEYVAULT_RESOURCE_ID=$(az keyvault create --name {VAULT} --resource-group {RG} "
                "--enable-rbac-authorization true --query id -o tsv)", keep="KEYVAULT_RESOURCE_ID")
-        me = sh.run("az ad signed-in-user show --query id -o tsv", rc=1)  # a service principal has no /me
-        assert "only valid with delegated authentication flow" in me.stderr
-        sh.run('az role assignment create --role "Key Vault Crypto Officer" --assignee-object-id $LAB_SP_OBJECT_ID '
-               '--assignee-principal-type "ServicePrincipal" --scope $KEYVAULT_RESOURCE_ID')
+        officer = sh.run('az role assignment create --role "Key Vault Crypto Officer" --assignee-object-id '
+                         '$(az ad signed-in-user show --query id -o tsv) --assignee-principal-type "User" '
+                         "--scope $KEYVAULT_RESOURCE_ID --query principalId -o tsv")
+        assert officer.stdout.strip() == fake.user_object_id  # the lab user signed in by `lab env --az`
         sh.run(f"az keyvault key create --name {KEY} --vault-name {VAULT}")
         sh.run(f"export KEY_ID=$(az keyvault key show --name {KEY} --vault-name {VAULT} --query 'key.kid' -o tsv)",
                keep="KEY_ID")

@@ -939,3 +939,42 @@ def test_proxy_tunnels_only_azure_hosts_on_443(fake: FakeAzure) -> None:
         assert proxy.refused == ["example.com:443", "a.b.vault.azure.net:443", "management.azure.com:80"]
     finally:
         proxy.stop()
+
+
+def test_user_password_sign_in_and_graph_me(fake: FakeAzure, settings: AzureSettings) -> None:
+    """``az login -u -p`` (ROPC through the Azure CLI's public client) and Graph's ``/me``, as az reaches
+    them: Azure's own host names through the lab's proxy (MSAL's user-realm lookup ignores the port of a
+    custom authority, so only the real names work for this flow)."""
+    import warnings
+
+    from azure.identity import UsernamePasswordCredential
+
+    from aks_kms_lab.fake_azure.server import AZURE_HOSTS
+    from aks_kms_lab.proxy import AzureProxy
+
+    az_client = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+    proxy = AzureProxy(fake.public_port, AZURE_HOSTS).start()
+    via = {"proxies": {"https": proxy.url}, "connection_verify": str(fake.ca_pem_path)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # ROPC is deprecated; az still signs in with it
+            user = UsernamePasswordCredential(az_client, fake.user_name, fake.user_password, **via)
+            wrong = UsernamePasswordCredential(az_client, fake.user_name, "not-it", **via)
+            arm = user.get_token("https://management.core.windows.net//.default").token
+            with pytest.raises(ClientAuthenticationError, match="AADSTS50126"):
+                wrong.get_token("https://management.core.windows.net//.default")
+            graph = user.get_token("https://graph.microsoft.com/.default").token
+        assert [s["subscriptionId"] for s in arm_get(fake, "/subscriptions", arm).json()["value"]] == [SUB]
+
+        def me(token: str) -> requests.Response:
+            return requests.get("https://graph.microsoft.com/v1.0/me", headers={"Authorization": f"Bearer {token}"},
+                                proxies={"https": proxy.url}, verify=str(fake.ca_pem_path), timeout=10)
+
+        signed_in = me(graph)
+        assert signed_in.status_code == 200 and signed_in.json()["id"] == fake.user_object_id
+        assert signed_in.json()["userPrincipalName"] == fake.user_name
+        app = me(build_credential(settings).get_token("https://graph.microsoft.com/.default").token)
+        assert app.status_code == 400 and "delegated authentication flow" in app.json()["error"]["message"]
+        assert me(arm).status_code == 401  # an ARM token is not a Graph token
+    finally:
+        proxy.stop()

@@ -764,7 +764,8 @@ def _assignment_put(state: FakeState, request: Request, scope: str, name: str) -
                                                           "does not exist.")
     if not principal:
         raise ApiError(400, "InvalidPrincipalId", "properties.principalId is required.")
-    known = {p for p, _secret in state.clients.values()} | {i.principal_id for i in state.identities.values()}
+    known = ({p for p, _secret in state.clients.values()} | {i.principal_id for i in state.identities.values()}
+             | {u.object_id for u in state.users.values()})
     if principal not in known:
         raise ApiError(400, "PrincipalNotFound", f"Principal {principal.replace('-', '')} does not exist in the "
                                                  f"directory {state.tenant_id}. Check that you have the correct "

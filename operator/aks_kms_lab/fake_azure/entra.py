@@ -1,6 +1,6 @@
-"""Entra ID (v2.0 endpoints): OpenID discovery and the token endpoint.
+"""Entra ID (v2.0 endpoints): OpenID discovery and the token endpoint; a little of Microsoft Graph.
 
-Flows served, both ``grant_type=client_credentials``:
+Application flows served, both ``grant_type=client_credentials``:
 
 * client secret (``ClientSecretCredential`` through MSAL): the app registered as
   ``fake.client_id``/``fake.client_secret``. A wrong secret gets Entra's ``invalid_client`` /
@@ -9,6 +9,10 @@ Flows served, both ``grant_type=client_credentials``:
   app or for any user-assigned identity's client ID (on AKS the pod federates to the UAMI). The
   assertion must look like a JWT; its signature is not checked (the lab's token file is not signed
   by a real issuer), but an ``aud`` other than ``api://AzureADTokenExchange`` is refused.
+
+User flows, through the Azure CLI's public client only: ``password`` (``az login -u -p``) for the
+lab's users (``FakeAzure.user_name``/``user_password``; a wrong password gets AADSTS50126) and
+``refresh_token``; the tenants ``organizations`` and ``common`` stand for the lab's one tenant.
 
 Tokens are opaque random strings remembered with their audience, so ARM accepts only ARM tokens
 and Key Vault only Key Vault tokens, as the real services do.
@@ -23,7 +27,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
-from .state import FakeState, Token, b64url_decode, now_utc
+from .state import FakeState, Token, b64url, b64url_decode, now_utc
 from .wire import Request, Response
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -83,8 +87,13 @@ def _assertion_problem(assertion: str) -> str | None:
 
 def token(state: FakeState, tenant: str, request: Request) -> Response:
     form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
+    user_flow = form.get("grant_type") in ("password", "refresh_token")
+    if user_flow and tenant.lower() in ("organizations", "common"):
+        tenant = state.tenant_id  # a user's home tenant: the lab has one
     if tenant.lower() != state.tenant_id.lower():
         return _aad_error(400, "invalid_request", 90002, f"Tenant '{tenant}' not found.")
+    if user_flow:
+        return _user_token(state, form)
     if form.get("grant_type") != "client_credentials":
         return _aad_error(400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.")
     client_id = form.get("client_id", "")
@@ -136,6 +145,66 @@ def token(state: FakeState, tenant: str, request: Request) -> Response:
     return Response(200, body)
 
 
+# The Azure CLI's own public client (first-party; every tenant knows it).
+PUBLIC_CLIENTS = {"04b07795-8ddb-461a-bbee-02f9e1bf7b46": "Microsoft Azure CLI"}
+_OIDC_SCOPES = frozenset({"openid", "profile", "offline_access"})
+
+
+def _unsigned_jwt(claims: dict[str, Any]) -> str:
+    def part(obj: dict[str, Any]) -> str:
+        return b64url(json.dumps(obj).encode())
+
+    return f"{part({'typ': 'JWT', 'alg': 'RS256', 'kid': 'lab'})}.{part(claims)}.{b64url(b'lab-unsigned')}"
+
+
+def _user_token(state: FakeState, form: dict[str, str]) -> Response:
+    """Password (ROPC) and refresh-token grants for the lab's users through a public client.
+
+    This is what ``az login --username --password`` and every later token of that login use. The answer
+    carries what MSAL keeps: a refresh token, an ID token (unsigned: MSAL does not validate it, and the
+    fake is no identity provider) and ``client_info`` (the account's home object and tenant IDs).
+    """
+    client_id = form.get("client_id", "")
+    if client_id not in PUBLIC_CLIENTS:
+        return _aad_error(400, "unauthorized_client", 700016, f"Application with identifier '{client_id}' was "
+                                                              f"not found in the directory '{state.tenant_id}'.")
+    if form["grant_type"] == "password":
+        user = state.users.get(form.get("username", "").lower())
+        if user is None or not secrets.compare_digest(form.get("password", ""), user.password):
+            return _aad_error(400, "invalid_grant", 50126,
+                              "Error validating credentials due to invalid username or password.")
+    else:
+        upn = state.refresh_tokens.get(form.get("refresh_token", ""))
+        user = state.users.get(upn or "")
+        if user is None:
+            return _aad_error(400, "invalid_grant", 70008, "The provided authorization code or refresh token has "
+                                                           "expired due to inactivity. Send a new interactive "
+                                                           "authorization request for this user and resource.")
+    scopes = form.get("scope", "").split()
+    resource = [sc for sc in scopes if sc not in _OIDC_SCOPES]
+    if not resource:
+        return _aad_error(400, "invalid_scope", 70011, "The provided value for the input parameter 'scope' is not "
+                                                       "valid: name one resource (e.g. https://management.core."
+                                                       "windows.net//.default).")
+    now = now_utc()
+    access = secrets.token_urlsafe(32)
+    state.tokens[access] = Token(client_id, user.object_id, _scope_audience(resource[0]), now + TOKEN_LIFETIME)
+    refresh = secrets.token_urlsafe(48)
+    state.refresh_tokens[refresh] = user.user_principal_name.lower()
+    seconds = int(TOKEN_LIFETIME.total_seconds())
+    id_token = _unsigned_jwt({
+        "aud": client_id, "iss": f"https://login.microsoftonline.com/{state.tenant_id}/v2.0",
+        "iat": int(now.timestamp()), "nbf": int(now.timestamp()), "exp": int((now + TOKEN_LIFETIME).timestamp()),
+        "name": user.display_name, "oid": user.object_id, "preferred_username": user.user_principal_name,
+        "sub": user.object_id, "tid": state.tenant_id, "ver": "2.0",
+    })
+    client_info = b64url(json.dumps({"uid": user.object_id, "utid": state.tenant_id}).encode())
+    return Response(200, {
+        "token_type": "Bearer", "scope": " ".join(scopes), "expires_in": seconds, "ext_expires_in": seconds,
+        "access_token": access, "refresh_token": refresh, "id_token": id_token, "client_info": client_info,
+    })
+
+
 def bearer(state: FakeState, request: Request) -> Token | None:
     """The valid token of a request, or None (missing, unknown or expired)."""
     header = request.header("authorization")
@@ -170,7 +239,9 @@ def _principals(state: FakeState) -> dict[str, dict[str, Any]]:
         out[ident.principal_id] = {"id": ident.principal_id, "appId": ident.client_id, "displayName": name,
                                    "servicePrincipalType": "ManagedIdentity",
                                    "servicePrincipalNames": [ident.client_id, ident.resource_id]}
-    return {oid: {"@odata.type": "#microsoft.graph.servicePrincipal", **sp} for oid, sp in out.items()}
+    found = {oid: {"@odata.type": "#microsoft.graph.servicePrincipal", **sp} for oid, sp in out.items()}
+    found.update({u.object_id: u.graph() for u in state.users.values()})
+    return found
 
 
 def graph(state: FakeState, request: Request) -> Response:
@@ -187,7 +258,11 @@ def graph(state: FakeState, request: Request) -> Response:
     path = request.path.rstrip("/")
     principals = _principals(state)
     if path == "/v1.0/me" and request.method == "GET":
-        return _graph_error(400, "BadRequest", _ME_ONLY_DELEGATED)
+        user = next((u for u in state.users.values() if u.object_id == tok.principal_id), None)
+        if user is None:  # an application's token: Graph has no "me" for it
+            return _graph_error(400, "BadRequest", _ME_ONLY_DELEGATED)
+        return Response(200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
+                              **{k: v for k, v in user.graph().items() if k != "@odata.type"}})
     if path == "/v1.0/directoryObjects/getByIds" and request.method == "POST":
         try:
             ids = json.loads(request.body or b"{}").get("ids") or []
@@ -196,8 +271,8 @@ def graph(state: FakeState, request: Request) -> Response:
         return Response(200, {"value": [principals[i] for i in ids if i in principals]})
     if path == "/v1.0/servicePrincipals" and request.method == "GET":
         wanted = request.query.get("$filter", "")
-        found = [sp for sp in principals.values()
-                 if not wanted or any(f"'{n}'".lower() in wanted.lower() for n in sp["servicePrincipalNames"])]
+        found = [sp for sp in principals.values() if "servicePrincipalNames" in sp and (
+            not wanted or any(f"'{n}'".lower() in wanted.lower() for n in sp["servicePrincipalNames"]))]
         return Response(200, {"value": found})
     if path.startswith("/v1.0/servicePrincipals/") and request.method == "GET":
         sp = principals.get(path.rsplit("/", 1)[-1])

@@ -61,7 +61,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import trustme
 
 from . import arm, entra, keyvault, roles
-from .state import FakeState, Identity, RoleAssignment, Vault, cluster_key, new_etag, now_utc
+from .state import FakeState, Identity, RoleAssignment, User, Vault, cluster_key, new_etag, now_utc
 from .wire import ApiError, Request, Response
 
 KmsHook = Callable[[str, dict[str, Any], dict[str, Any]], None]
@@ -243,6 +243,11 @@ class FakeAzure:
         self.principal_id = str(uuid.uuid4())  # the app's service principal object ID
         self._state = FakeState(self.tenant_id)
         self._state.clients[self.client_id] = (self.principal_id, self.client_secret)
+        # A directory user for `az login --username --password` (the Azure docs' "signed-in user").
+        self.user_name = "labuser@akskmslab.onmicrosoft.com"
+        self.user_password = f"Lab~{uuid.uuid4().hex}"
+        self.user_object_id = str(uuid.uuid4())
+        self._state.users[self.user_name] = User(self.user_name, self.user_object_id, self.user_password)
         self._ca = trustme.CA()
         self.ca_pem_path = self.state_dir / "ca.pem"
         self._ca.cert_pem.write_to_path(str(self.ca_pem_path))
