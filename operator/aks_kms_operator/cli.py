@@ -33,6 +33,9 @@ def _run(args: argparse.Namespace) -> int:
         debug=args.debug,
         log_format=getattr(kopf.LogFormat, LOG_FORMATS[args.log_format]),
     )
+    # azure-core logs each HTTP try (URL and every header) at INFO, the level kopf gives the root logger:
+    # hundreds of lines a reconcile that say nothing the metrics and status do not. Failures still log.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     importlib.import_module("aks_kms_operator.handlers")  # registers the handlers
     logging.getLogger("aks_kms_operator").info("starting aks-kms-operator")
     kopf.run(

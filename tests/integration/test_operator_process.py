@@ -72,6 +72,8 @@ def test_operator_acknowledges_a_policy_and_exits_cleanly_on_sigterm(crd_install
     lines = log.read_text().splitlines()
     assert lines[0].startswith("aks-kms-operator: cannot reach Entra ID at https://127.0.0.1:"), lines[0]
     assert "Traceback" not in log.read_text()
+    # azure-core's request logging (URL and every header of each try) stays out of the operator's log
+    assert "Request URL" not in log.read_text() and "Request headers" not in log.read_text()
     first = next(line for line in lines if line.startswith("{"))
     assert '"message"' in first
     # the finalizer must not block deletion once the operator handled it: remove it for the next tests
