@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,9 +94,15 @@ def test_follows_key_vault_rotations_one_at_a_time(lab_env: LabHarness, vault: S
     original = h.runtime.fake.on_kms_change
 
     def watch(cluster: str, old: dict[str, Any], new: dict[str, Any]) -> None:
-        key = str(new.get("keyId") or "")
-        _, obj = h.cp.request("GET", f"{lab.POLICIES}/default")
-        applied.setdefault(key, (dt.datetime.now(dt.UTC), (obj.get("status") or {}).get("encryptedWith")))
+        key, seen = str(new.get("keyId") or ""), None
+        for _ in range(5):  # never raise here: the fake would fail AKS's operation
+            try:
+                _, obj = h.cp.request("GET", f"{lab.POLICIES}/default")
+                seen = (obj.get("status") or {}).get("encryptedWith")
+                break
+            except Exception:
+                time.sleep(0.2)
+        applied.setdefault(key, (dt.datetime.now(dt.UTC), seen))
         original(cluster, old, new)
 
     h.runtime.fake.on_kms_change = watch
