@@ -66,7 +66,7 @@ class Shell:
         if line.startswith("az aks update") and proc.returncode == 0:
             self._note_operation(len(self.log) - 1)
         # stdout of kubectl replace holds Secret names only; stderr is az's or kubectl's error text.
-        assert proc.returncode == rc, f"{line}\nexit {proc.returncode} (expected {rc})\n{proc.stderr[-3000:]}"
+        assert proc.returncode == rc, f"{line}\nexit {proc.returncode} (expected {rc})\n{proc.stderr[:3000]}"
         if keep:
             value = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
             assert value, f"{line} left {keep} empty\n{proc.stderr[-3000:]}"
