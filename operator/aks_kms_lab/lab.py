@@ -374,8 +374,8 @@ def az_env(root: Path = DEFAULT_DIR) -> dict[str, str]:
     if not is_running(p.root):
         raise LabError(f"no running lab in {p.root}; run `lab up` first")
     env = read_env(p.root)
-    if "LAB_AZ_PROXY" not in env:
-        raise LabError(f"the lab in {p.root} has no Azure proxy (started by an older version); "
+    if not {"LAB_AZ_PROXY", "LAB_AZ_USER", "LAB_AZ_PASSWORD", "LAB_SP_OBJECT_ID"} <= env.keys():
+        raise LabError(f"the lab in {p.root} has no Azure proxy or lab user (started by an older version); "
                        "run `lab down` and `lab up`")
     world = read_world(p.root)
     return {
