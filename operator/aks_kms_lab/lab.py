@@ -405,9 +405,8 @@ def az_env_script(root: Path = DEFAULT_DIR) -> str:
         lines.append(f'export PATH="$PATH":{shlex.quote(str(AZ_CLI_VENV.parent / "shim"))}')
         shim = AZ_CLI_VENV.parent / "shim"
         shim.mkdir(exist_ok=True)
-        link = shim / "az"
-        if not link.exists():
-            link.symlink_to(AZ_CLI_VENV / "az")
+        with contextlib.suppress(FileExistsError):  # another lab (test worker) made it first
+            (shim / "az").symlink_to(AZ_CLI_VENV / "az")
     lines.append('az login --username "$LAB_AZ_USER" --password "$LAB_AZ_PASSWORD" --output none --only-show-errors')
     return "\n".join(lines) + "\n"
 
