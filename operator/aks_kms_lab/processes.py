@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import functools
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import threading
@@ -21,42 +21,46 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-_PR_SET_PDEATHSIG = 1
-_CLONE_NEWUTS = 0x04000000
+# No Python runs in a child between fork and exec (no preexec_fn): the lab forks from a process full of
+# threads (gRPC KMS plugins, the fake Azure, the balancer), and Python code there can deadlock on a lock
+# another thread held at fork time (dlopen's, an allocator's) or trip over inherited gRPC state, so a
+# replica restart would now and then never come back. util-linux (essential on every Debian/Ubuntu) does
+# the work instead, each tool exec'ing the next in the same process:
+#   unshare --uts       a UTS namespace of its own, then sh writes its host name (see can_set_hostname)
+#   setpriv --pdeathsig KILL   dies with the thread that started it (see _Spawner)
+# and Popen's start_new_session gives the child its own process group (stop_pid signals the group).
+_SET_HOSTNAME = 'echo "$0" > /proc/sys/kernel/hostname && exec "$@"'
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+def _util_linux(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise FileNotFoundError(f"{name} (util-linux) is missing: the lab needs it to start its servers "
+                                "(apt-get install util-linux)")
+    return path
 
 
-def _own_hostname(name: str) -> None:
-    """Give the calling process a UTS namespace of its own with host name ``name`` (needs root).
+def own_hostname_argv(name: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` run in a UTS namespace of its own with host name ``name`` (needs root).
 
-    Runs in the child between fork and exec. The host name is all that changes: network, mounts and
-    PIDs stay shared. kube-apiserver derives its identity Lease name from the host name only (see
-    ``controlplane``), so this is how replicas on one machine get one Lease each.
+    The host name is all that changes: network, mounts and PIDs stay shared. kube-apiserver derives its
+    identity Lease name from the host name only (see ``controlplane``), so this is how replicas on one
+    machine get one Lease each.
     """
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    if libc.unshare(_CLONE_NEWUTS) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWUTS): {os.strerror(err)}")
-    raw = name.encode()
-    if libc.sethostname(raw, len(raw)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"sethostname: {os.strerror(err)}")
+    return [_util_linux("unshare"), "--uts", "--", "/bin/sh", "-c", _SET_HOSTNAME, name, *argv]
+
+
+def die_with_parent_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``PR_SET_PDEATHSIG`` = SIGKILL: it dies with the thread that started it."""
+    return [_util_linux("setpriv"), "--pdeathsig", "KILL", "--", *argv]
 
 
 @functools.cache
 def can_set_hostname() -> bool:
     """Whether this process may start children in their own UTS namespace (root, no seccomp veto)."""
     try:
-        subprocess.run(["true"], preexec_fn=lambda: _own_hostname("aks-kms-lab-probe"), check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        subprocess.run(own_hostname_argv("aks-kms-lab-probe", ["true"]), check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return False
     return True
@@ -106,24 +110,19 @@ class ManagedProcess:
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = die_with_parent_argv(self.argv) if self.tie_to_parent else list(self.argv)
+        if self.hostname:
+            argv = own_hostname_argv(self.hostname, argv)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        detach = _die_with_parent if self.tie_to_parent else os.setsid
-        hostname = self.hostname
-
-        def preexec() -> None:
-            detach()
-            if hostname:
-                _own_hostname(hostname)
-
         try:
             spawn = functools.partial(
                 subprocess.Popen,
-                self.argv,
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
-                preexec_fn=preexec,
+                start_new_session=True,
             )
             # PR_SET_PDEATHSIG fires when the *thread* that forked exits, not the process. A restart
             # requested from a short-lived thread (the fake ARM's operation thread) would otherwise
