@@ -7,6 +7,7 @@ directory (never the CLI's ``.lab``), so tests can reach the fake Azure directly
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -109,14 +110,22 @@ class LabHarness:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
 
-@pytest.fixture(scope="module")
-def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHarness]:
-    runtime = LabRuntime(tmp_path_factory.mktemp("lab") / "lab", apiservers=APISERVERS).start()
+@contextlib.contextmanager
+def running_lab(root: Path, *, apiservers: int = APISERVERS, secrets: int = SECRETS,
+                namespaces: int = NAMESPACES) -> Iterator[LabHarness]:
+    """A started lab in ``root`` with seeded Secrets and the operator running; all of it stopped after."""
+    runtime = LabRuntime(root, apiservers=apiservers).start()
     harness = LabHarness(runtime)
     try:
-        assert lab.seed_lab(harness.root, secrets=SECRETS, namespaces=NAMESPACES) == SECRETS
+        assert lab.seed_lab(harness.root, secrets=secrets, namespaces=namespaces) == secrets
         harness.start_operator()
         yield harness
     finally:
         harness.stop_operator()
         runtime.stop()
+
+
+@pytest.fixture(scope="module")
+def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHarness]:
+    with running_lab(tmp_path_factory.mktemp("lab") / "lab") as harness:
+        yield harness

@@ -29,10 +29,9 @@ import pytest
 
 from aks_kms_lab import lab
 from aks_kms_lab.controlplane import REPO_ROOT
-from aks_kms_lab.lab import LabRuntime
 
 from ..support import wait_for
-from .conftest import SCRIPT, LabHarness
+from .conftest import SCRIPT, LabHarness, running_lab
 
 pytestmark = pytest.mark.e2e
 
@@ -97,15 +96,9 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHarness]:
     """The e2e lab with ONE API server and few Secrets: this module is about what az sends and gets.
     Every `az aks update` waits for the roll (one API server restart per replica; replicas are
     test_replicas.py's subject) and every re-encryption rewrites every Secret, six times over."""
-    runtime = LabRuntime(tmp_path_factory.mktemp("lab") / "lab", apiservers=1).start()
-    harness = LabHarness(runtime)
-    try:
-        assert lab.seed_lab(harness.root, secrets=SECRETS, namespaces=NAMESPACES) == SECRETS
-        harness.start_operator()
+    with running_lab(tmp_path_factory.mktemp("lab") / "lab", apiservers=1, secrets=SECRETS,
+                     namespaces=NAMESPACES) as harness:
         yield harness
-    finally:
-        harness.stop_operator()
-        runtime.stop()
 
 
 @pytest.fixture(scope="module")
