@@ -63,6 +63,8 @@ def tool(name: str) -> Path:
     return path
 
 
+DRAIN_SECONDS = 1.0  # see ControlPlane.stop_replica
+
 # Ports handed out by this process and not yet known to be bound by their server (see free_port).
 _handed_out: set[int] = set()
 
@@ -413,10 +415,16 @@ class ControlPlane:
         ).start()
 
     def stop_replica(self, index: int) -> None:
-        """Take replica ``index`` out of the balancer's rotation and stop it (its connections drop)."""
+        """Take replica ``index`` out of the balancer's rotation, let the requests it is serving finish
+        (up to ``DRAIN_SECONDS``, as a load balancer's deregistration delay does), then stop it: the
+        connections still open then (watches, kept-alive clients) drop."""
         with self._replica_locks[index]:
             if self.balancer is not None:
                 self.balancer.set_in_rotation(index, False)
+                # A connection accepted just before the switch would otherwise meet a replica in shutdown (503).
+                deadline = time.monotonic() + DRAIN_SECONDS
+                while self.balancer.stats[index].active and time.monotonic() < deadline:
+                    time.sleep(0.05)
             proc = self.replicas[index]
             if proc is not None:
                 proc.stop()
