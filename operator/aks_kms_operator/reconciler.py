@@ -665,7 +665,7 @@ async def _metered_run(engine: RewriteEngine, policy: str, kind: str) -> Any:
     completed, throttled = False, 0
     try:
         result = await engine.run()
-        completed, throttled = bool(result.completed), int(getattr(result, "throttled", 0) or 0)
+        completed, throttled = result.completed, result.throttled
         return result
     finally:
         metrics.rewrite_ended(policy, kind, throttled=throttled, completed=completed)
