@@ -71,8 +71,9 @@ def _problems_line(source: str, problems: list[Problem]) -> str:
     return f"{source} would be refused by the API server: " + "; ".join(str(p) for p in problems)
 
 
-async def count_secrets(kube: KubeClient, page_size: int = 500) -> tuple[int, int]:
-    """(Secrets, namespaces) from metadata-only list pages: names and namespaces only, never data."""
+async def count_secrets_and_namespaces(kube: KubeClient, page_size: int = 500) -> tuple[int, int]:
+    """(Secrets, namespaces holding them) from metadata-only list pages, never data. The rewrite engine's
+    count_secrets needs one request, but only gives the total; a plan also names the namespaces."""
     secrets = 0
     namespaces: set[str] = set()
     async for page in kube.list_pages("/api/v1/secrets", limit=page_size, metadata_only=True):
@@ -118,7 +119,7 @@ async def gather(args: argparse.Namespace) -> planview.PlanInputs:
                                  or "9999-12-31T23:59:59Z"}}
         counted = True
         try:
-            secrets, namespaces = await count_secrets(kube)
+            secrets, namespaces = await count_secrets_and_namespaces(kube)
         except KubeError as err:
             if err.status != 403:
                 raise PlanError(f"listing Secrets (metadata only): {err}") from err
