@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import re
 import shutil
@@ -63,6 +64,8 @@ import trustme
 from . import arm, entra, keyvault, roles
 from .state import FakeState, Identity, RoleAssignment, User, Vault, cluster_key, new_etag, now_utc
 from .wire import ApiError, Request, Response
+
+log = logging.getLogger(__name__)
 
 KmsHook = Callable[[str, dict[str, Any], dict[str, Any]], None]
 DEBUG_ENV = "AKS_KMS_FAKE_AZURE_DEBUG"
@@ -746,6 +749,8 @@ class FakeAzure:
                 try:
                     hook(plan.operation.cluster_key, dict(plan.old_kms), dict(plan.new_kms))
                 except Exception as exc:
+                    log.warning("cluster %s: the KMS change failed on the control plane", plan.operation.cluster_key,
+                                exc_info=True)
                     failure = ("InternalOperationError", f"Reconciling KMS on the control plane failed: {exc}")
             if failure is None:
                 failure = plan.failure_after_apply  # applied, and Failed all the same
@@ -757,6 +762,8 @@ class FakeAzure:
         op = plan.operation
         with self._state.lock:
             op.status = "Failed" if failure else "Succeeded"
+            if failure:  # ARM clients read it from the operation; the lab's log keeps it for people
+                log.warning("cluster %s: operation %s ended Failed: %s: %s", op.cluster_key, op.id, *failure)
             op.error = {"code": failure[0], "message": failure[1]} if failure else None
             op.ended = now_utc()
             obj = self._state.clusters.get(op.cluster_key)
