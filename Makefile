@@ -82,11 +82,14 @@ test-e2e: setup $(AZ_CLI)
 prepare:
 	@$(MAKE) --no-print-directory -j4 --output-sync=target venv tools $(AZ_CLI) $(HADOLINT)
 
-# make test includes one short fixed chaos schedule (tests/chaos, CHAOS_* defaults in its conftest).
+# make test includes one short fixed chaos schedule (tests/chaos, CHAOS_* defaults in its conftest). It runs
+# after the parallel suites, in a process and on a machine of its own: inside the parallel run its first
+# step stalled in 3 of 5 full runs (AKS's operation Failed; cause not found yet, see docs/testing.md).
 test: prepare
 	@$(MAKE) --no-print-directory lint
 	rm -f $${CHAOS_REPORT:-.cache/chaos/report.json}
-	$(PYTEST) tests/unit tests/integration tests/e2e tests/chaos -q -n $(JOBS) --dist loadfile
+	$(PYTEST) tests/unit tests/integration tests/e2e -q -n $(JOBS) --dist loadfile
+	$(PYTEST) tests/chaos -q -p no:cacheprovider
 	$(PY) -m tests.chaos.report
 
 # Longer chaos: RUNS seeded schedules of STEPS changes each, starting at SEED; prints the report.
