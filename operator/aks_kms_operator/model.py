@@ -87,6 +87,29 @@ class ClusterState:
     api_server_vnet_integration: bool = False
     e_tag: str = ""
     location: str = ""
+    # securityProfile.kubernetesResourceObjectEncryptionProfile.infrastructureEncryption: "Enabled" puts
+    # the cluster on the Managed experience (KMS data encryption), for good. "" when AKS (or an older API
+    # version) reports nothing.
+    infrastructure_encryption: str = ""
+
+    @property
+    def managed(self) -> bool:
+        """On the Managed experience: AKS rotates and re-encrypts itself, and it cannot be turned off."""
+        return self.infrastructure_encryption.lower() == "enabled"
+
+    @property
+    def experience(self) -> str:
+        """None, Legacy or Managed, as AKS reports it (what status.cluster.experience shows)."""
+        if self.managed:
+            return "Managed"
+        return "Legacy" if self.kms_enabled else "None"
+
+    @property
+    def key_management(self) -> str:
+        """PlatformManaged or CustomerManaged on the Managed experience; '' otherwise."""
+        if not self.managed:
+            return ""
+        return "CustomerManaged" if self.kms_enabled else "PlatformManaged"
 
     @property
     def busy(self) -> bool:

@@ -364,8 +364,10 @@ class FakeAzure:
         api_server_vnet_integration: bool = False,
         location: str = "westeurope",
         kms: dict[str, Any] | None = None,
+        infrastructure_encryption: str = "",
     ) -> dict[str, Any]:
-        """Seed a managed cluster in state Succeeded. A missing user-assigned identity is created."""
+        """Seed a managed cluster in state Succeeded. A missing user-assigned identity is created.
+        ``infrastructure_encryption="Enabled"`` seeds it on the Managed KMS experience."""
         with self._state.lock:
             self._state.ensure_group(subscription_id, resource_group, location)
             if identity_type == "UserAssigned":
@@ -388,6 +390,9 @@ class FakeAzure:
             )
             if kms is not None:
                 obj["properties"]["securityProfile"]["azureKeyVaultKms"] = {**arm.KMS_DEFAULTS, **kms}
+            if infrastructure_encryption:
+                obj["properties"]["securityProfile"]["kubernetesResourceObjectEncryptionProfile"] = {
+                    "infrastructureEncryption": infrastructure_encryption}
             self._state.clusters[cluster_key(subscription_id, resource_group, name)] = obj
             return json.loads(json.dumps(obj))
 
