@@ -207,6 +207,10 @@ class PreflightFacts:
     network_access: str = "Public"
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     expiry_warning: dt.timedelta = dt.timedelta(days=30)
+    # The write puts (or keeps) the cluster on the Managed experience, and the ARM API version the
+    # operator's SDK speaks (the Managed experience needs 2026-07-01 or later).
+    managed: bool = False
+    api_version: str = ""
     # Only used to print runnable `az aks …` fixes; placeholders are printed when empty.
     cluster_resource_group: str = ""
     cluster_name: str = ""
