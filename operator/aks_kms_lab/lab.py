@@ -52,7 +52,7 @@ from .verify import (
     snapshot_digests,
     verify_etcd,
 )
-from .world import OPERATOR_NAMESPACE, LabWorld, operator_env, seed_azure
+from .world import OPERATOR_NAMESPACE, LabWorld, operator_env, platform_key, seed_azure
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,12 @@ class LabRuntime:
     """
 
     def __init__(self, root: Path, *, apiservers: int = 1, roll_interval: float = 0.0,
-                 lag_last_seconds: float | None = None) -> None:
+                 lag_last_seconds: float | None = None, detection_interval: float | None = None) -> None:
         self.paths = LabPaths(Path(root).resolve())
+        # How often the lab's AKS looks for a new customer key version on the Managed experience (AKS: about
+        # 6 hours; the lab: LAB_AKS_KEY_DETECTION_SECONDS, default 20 s).
+        self.detection_interval = detection_interval if detection_interval is not None else float(
+            os.environ.get("LAB_AKS_KEY_DETECTION_SECONDS", "20"))
         self.apiservers = apiservers
         self.roll_interval = roll_interval
         self.lag_last_seconds = lag_last_seconds
@@ -181,9 +185,14 @@ class LabRuntime:
             shutil.copyfile(self.cp.kubeconfig, p.kubeconfig)
             p.kubeconfig.chmod(0o600)
             self.env = operator_env(self.fake, p.kubeconfig)
+            fake = self.fake
             self.kms = ApiServerKms(self.cp, p.encryption, provider, load_key=self._load_key, state_path=p.slots,
-                                    roll_interval=self.roll_interval, lag_last_seconds=self.lag_last_seconds)
+                                    roll_interval=self.roll_interval, lag_last_seconds=self.lag_last_seconds,
+                                    resolve_key=fake.newest_key_version, platform_key=lambda: platform_key(fake),
+                                    detection_interval=self.detection_interval)
             self.kms.write_config()  # records the (empty) slots
+            if self.kms.managed_source:
+                self.kms.start_detector()
             self.fake.on_kms_change = self.kms.on_kms_change
             self._write_files()
             p.pid.write_text(str(os.getpid()))  # the supervisor, or the test process running it in-process

@@ -64,7 +64,16 @@ from .api.v1alpha1 import (
     VerificationStatus,
 )
 from .model import IDENTITY, ClusterState, KeyRef, KeyState, same_key
-from .preflight import KMS_V2_MINIMUM, Finding, Reason, Severity, blocking, ordered, waiting
+from .preflight import (
+    KMS_V2_MINIMUM,
+    Finding,
+    Reason,
+    Severity,
+    blocking,
+    managed_cluster_findings,
+    ordered,
+    waiting,
+)
 from .preflight import warnings as warning_findings
 
 BUSY_RETRY = 30.0  # seconds: AKS operations take minutes; polling faster only costs ARM reads
@@ -593,6 +602,10 @@ def _managed_refusal(spec: PolicySpec, cluster: ClusterState, observed: KmsConfi
                        f"{kms.key_vault_network_access}, which AKS forbids on the Managed experience",
                        f"set spec.kms.keyVaultNetworkAccess: {observed.network_access} (a private vault is reached "
                        "through its firewall's trusted-services bypass, so Public works with a closed vault too)")
+    if wants_managed and not observed.managed:
+        ruled_out = managed_cluster_findings(cluster, rg, name)
+        if ruled_out:
+            return ruled_out[0]
     if wants_managed and not observed.managed and observed.enabled and kms.migration != "Allow":
         target = "a platform-managed key" if kms.key_management == "PlatformManaged" else short(kms.key_id)
         return Finding(MIGRATION_NOT_ALLOWED, Severity.BLOCK,

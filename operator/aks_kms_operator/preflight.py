@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 
-from .model import KeyRef, KeyState, PreflightFacts, RoleGrant, VaultState
+from .model import ClusterState, KeyRef, KeyState, PreflightFacts, RoleGrant, VaultState
 
 # The Azure KMS plugin encrypts and decrypts data keys with RSA-OAEP-256 through Key Vault's
 # encrypt/decrypt operations (reference 9; the new experience documents the same two operations).
@@ -389,6 +389,16 @@ def _managed_checks(facts: PreflightFacts) -> list[Finding]:
                            f"Managed experience needs {MANAGED_API_VERSION} or later (older versions do not carry "
                            "kubernetesResourceObjectEncryptionProfile)",
                            "upgrade the operator (azure-mgmt-containerservice >= 41.7.0)"))
+    return out + managed_cluster_findings(cluster, rg, name)
+
+
+def managed_cluster_findings(cluster: ClusterState, rg: str = "<resource-group>",
+                             name: str = "<cluster>") -> list[Finding]:
+    """What the cluster alone rules out for turning the Managed experience on (KMS v1, Kubernetes < 1.33).
+
+    The planner asks this before anything else (even a pending legacy rewrite), preflight again before
+    the write."""
+    out: list[Finding] = []
     if cluster.managed:
         return out  # already on it: version and KMS v1 were settled when it was turned on
     minor = cluster.kubernetes_minor

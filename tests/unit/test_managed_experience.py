@@ -181,3 +181,14 @@ def test_in_flight_managed_write_is_waited_on_without_a_rewrite_tail() -> None:
     assert (d.next_step, d.reason) == (Step.WAIT, "ClusterUpdating") and len(d.steps) == 1
     done = plan_next_step(spec(**PMK), aks(infra="Enabled"), status)
     assert done.next_step is Step.READY and done.discard_operation
+
+
+@pytest.mark.parametrize(("cluster_state", "reason"), [
+    (aks(kms=True, key=KA, version="1.26.3"), "MigrationFromKmsV1"),
+    (aks(kms=True, key=KA, version="1.32.1"), "ManagedNeedsKubernetes133"),
+    (aks(version="1.32.1"), "ManagedNeedsKubernetes133"),
+])
+def test_cluster_facts_refuse_before_anything_else(cluster_state: ClusterState, reason: str) -> None:
+    """Refused at once, even before a pending legacy rewrite: no canary, no write, the fix in status."""
+    d = plan_next_step(spec(**CMK, migration="Allow"), cluster_state, PolicyStatus())
+    assert (d.next_step, d.reason) == (Step.BLOCKED, reason) and d.steps == () and d.fix

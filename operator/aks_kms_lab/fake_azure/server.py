@@ -477,6 +477,19 @@ class FakeAzure:
             )
             return key.kid
 
+    def newest_key_version(self, key_url: str) -> str | None:
+        """The newest enabled, valid version of the key a (versionless) URL names: the one AKS's Managed
+        experience encrypts with once it has detected it. None when there is none."""
+        m = re.fullmatch(r"https://([^./]+)\.[^/]+/keys/([A-Za-z0-9-]+)(?:/[0-9A-Fa-f]{32})?/?", key_url.strip())
+        if not m:
+            return None
+        now = now_utc()
+        with self._state.lock:
+            usable = [k for k in self._state.key_versions(m[1], m[2])
+                      if k.enabled and (k.expires_on is None or k.expires_on > now)
+                      and (k.not_before is None or k.not_before <= now)]
+            return usable[-1].kid if usable else None
+
     def new_key_version(self, vault_name: str, key_name: str, **kwargs: Any) -> str:
         """A new version with the same type and operations as the latest one, unless given."""
         with self._state.lock:
