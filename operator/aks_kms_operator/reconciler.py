@@ -479,6 +479,9 @@ class Reconciler:
         if state is not None:
             key_states = await self._key_states(keys, state)
             keys = planning.refresh_ledger(keys, key_states)
+            if state.managed:  # before the conditions: KeyHealthy reads the versions AKS uses
+                status = dataclasses.replace(status, managed=await self._managed_key_status(obs, status, state))
+                key_states += await self._versions_states(status.managed)
             if state.kms_enabled and not state.managed and not keys.current.key_id:
                 keys = dataclasses.replace(keys, current=planning.key_record(state.key_id))
         conds = [dict(c) for c in dump(status).get("conditions") or []]
@@ -510,8 +513,6 @@ class Reconciler:
                 kubernetes_version=state.kubernetes_version, identity_type=state.identity_type,
                 experience=state.experience, key_management=state.key_management,
                 observed_at=st.now_iso()))
-            if state.managed:
-                status = dataclasses.replace(status, managed=await self._managed_key_status(obs, status, state))
         out = dump(status)
         out["conditions"] = conds
         # Written only when the step just performed changed them: the engine's checkpoint owns rewrite
@@ -533,6 +534,16 @@ class Reconciler:
                 and (st.condition(before_conds, st.KEY_HEALTHY) or {}).get("reason") != PREVIOUS_KEY_EXPIRES_SOON):
             self.events(obs.body, "Warning", PREVIOUS_KEY_EXPIRES_SOON, str(health.get("message") or ""))
         self._publish(obs, status, conds, state, key_states)
+
+    async def _versions_states(self, managed: api.ManagedKeyStatus) -> list[KeyState]:
+        out: list[KeyState] = []
+        for key_id in (managed.key_version, managed.previous_key_version):
+            if key_id and key_id != planning.PLATFORM_KEY:
+                try:
+                    out.append(await asyncio.to_thread(self.azure.keys.key_state, key_id))
+                except AzureGatewayError as err:
+                    log.warning("could not read key %s: %s", planning.short(key_id), err)
+        return out
 
     async def _managed_key_status(self, obs: Observation, status: api.PolicyStatus, state: Any) -> api.ManagedKeyStatus:
         """Day 2 on the Managed experience: AKS reports nothing about its own rotation, so observe Key Vault:
@@ -604,6 +615,8 @@ class Reconciler:
                                  f"AKS: KMS {'on' if state.kms_enabled else 'off'}"
                                  f"{', key ' + planning.short(state.key_id) if state.kms_enabled else ''}, "
                                  f"provisioningState {state.provisioning_state}", generation=gen)
+        if state.managed:
+            return self._managed_conditions(conds, status, state, key_states, gen, expiry_warning)
         healthy, reason, message = key_health(status.keys, key_states, state, _now(), expiry_warning,
                                               encrypted_with=status.encrypted_with)
         conds = st.set_condition(conds, st.KEY_HEALTHY, healthy, reason, message, generation=gen)
@@ -613,6 +626,26 @@ class Reconciler:
             f"every Secret is written under {planning.short(status.encrypted_with)}" if encrypted
             else f"Secrets still need a rewrite toward {planning.short(observed.write_key)}", generation=gen)
         return conds
+
+    @staticmethod
+    def _managed_conditions(conds: list[dict[str, Any]], status: api.PolicyStatus, state: Any,
+                            key_states: list[KeyState], gen: int, expiry_warning: dt.timedelta) -> list[dict[str, Any]]:
+        """KeyHealthy and SecretsEncrypted on the Managed experience: the versions AKS uses (observed in
+        Key Vault) must be usable; re-encryption is AKS's own, proven on demand by spec.verify."""
+        m = status.managed
+        if m.key_version == planning.PLATFORM_KEY or not m.key_version:
+            healthy, reason, message = True, "PlatformManaged", "AKS owns and rotates the platform-managed key"
+        else:
+            # The version AKS writes with as "current", the one before as "previous" (still loaded by AKS).
+            as_used = dataclasses.replace(state, key_id=m.key_version)
+            ledger = api.KeyLedger(previous=api.KeyRecord(key_id=m.previous_key_version))
+            healthy, reason, message = key_health(ledger, key_states, as_used, _now(), expiry_warning)
+        conds = st.set_condition(conds, st.KEY_HEALTHY, healthy, reason, message, generation=gen)
+        verified = planning.managed_key(status.encrypted_with)
+        text = ("AKS re-encrypts Secrets itself on the Managed experience" +
+                (f"; verification pass at {status.verification.verified_at} found none stale" if verified else
+                 "; set spec.verify.requestedAt to prove it"))
+        return st.set_condition(conds, st.SECRETS_ENCRYPTED, True, "ReEncryptedByAks", text, generation=gen)
 
     async def _patch_status(self, status: dict[str, Any], name: str) -> None:
         await self.kube.request("PATCH", f"{POLICIES}/{name}/status", body={"status": status},

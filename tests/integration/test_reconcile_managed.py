@@ -17,7 +17,7 @@ from aks_kms_lab.seed import seed
 from aks_kms_lab.world import KEY_NAME, PUBLIC_VAULT, RESOURCE_GROUP, SUBSCRIPTION
 from aks_kms_operator.kube import Credentials
 
-from .aks_env import AksEnv, reason_of
+from .aks_env import AksEnv, condition, reason_of
 
 pytestmark = pytest.mark.integration
 NAME = "default"
@@ -64,7 +64,7 @@ def test_migration_is_one_write_and_aks_re_encrypts(aks: AksEnv) -> None:
     rewrites = aks.kms.reencryptions
     aks.patch_spec(NAME, {"kms": {"migration": "Allow"}})
     status = aks.wait_status(NAME, lambda s: (s.get("cluster") or {}).get("experience") == "Managed"
-                             and s.get("phase") == "Ready", what="Managed and Ready")
+                             and condition(s, "Ready") == "True", what="Managed and Ready")
     new_puts = aks.cluster_puts()[puts:]
     assert len(new_puts) == 1 and new_puts[0]["infrastructureEncryption"] == "Enabled", new_puts
     assert new_puts[0]["kms"]["keyId"] == VERSIONLESS
@@ -85,6 +85,7 @@ def test_aks_follows_a_new_key_version_and_the_operator_only_observes(aks: AksEn
     assert status["managed"]["keyVersion"] == v_new
     assert status["managed"]["previousKeyVersion"] == aks.world.key_versions[-1]
     assert status["verification"]["lastPassReencrypted"] == 0 and status["encryptedWith"] == VERSIONLESS
+    assert condition(status, "Ready") == "True" and reason_of(status, "KeyHealthy") == "KeysValid"
     assert len(aks.cluster_puts()) == puts  # no ARM write, no rewrite of ours
 
 
