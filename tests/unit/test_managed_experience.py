@@ -192,3 +192,16 @@ def test_cluster_facts_refuse_before_anything_else(cluster_state: ClusterState, 
     """Refused at once, even before a pending legacy rewrite: no canary, no write, the fix in status."""
     d = plan_next_step(spec(**CMK, migration="Allow"), cluster_state, PolicyStatus())
     assert (d.next_step, d.reason) == (Step.BLOCKED, reason) and d.steps == () and d.fix
+
+
+def test_plan_view_shows_the_managed_write() -> None:
+    from aks_kms_operator.planview import _step_text, arm_changes
+
+    step = PlannedStep(Step.MIGRATE, VERSIONLESS, "Public", "", KA, managed=True)
+    [(before, after)] = arm_changes({"enabled": True, "keyId": KA, "keyVaultNetworkAccess": "Public",
+                                     "keyVaultResourceId": ""}, [step])
+    assert after["keyId"] == VERSIONLESS and after["infrastructureEncryption"] == "Enabled" and before["keyId"] == KA
+    assert "irreversible" in _step_text(step, None, None)
+    pmk = PlannedStep(Step.ENABLE, PLATFORM_KEY, "Public", "", "identity", managed=True)
+    [(_, after)] = arm_changes({"enabled": False}, [pmk])
+    assert after["enabled"] is False and after["infrastructureEncryption"] == "Enabled"
