@@ -534,16 +534,17 @@ class ControlPlane:
         return ctx
 
     def request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-                timeout: float = 30, server: str | None = None) -> tuple[int, Any]:
+                timeout: float = 30, server: str | None = None, accept: str = "application/json") -> tuple[int, Any]:
         """A plain admin API call, for setup in tests and the lab (never on a hot path).
 
         Each call is a new connection, so through the balancer calls spread over the replicas;
-        ``server`` (one of :attr:`replica_servers`) talks to one replica directly."""
+        ``server`` (one of :attr:`replica_servers`) talks to one replica directly. ``accept`` asks for
+        another representation (metadata-only answers for Secrets)."""
         data = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
         req = urllib.request.Request((server or self.server) + path, data=data, method=method,
-                                     headers={"Content-Type": content_type, "Accept": "application/json"})
+                                     headers={"Content-Type": content_type, "Accept": accept})
         try:
             with urllib.request.urlopen(req, context=self.ssl_context(), timeout=timeout) as r:
                 return r.status, _decode(r.read())

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import ssl
@@ -52,7 +53,7 @@ from .verify import (
     snapshot_digests,
     verify_etcd,
 )
-from .world import OPERATOR_NAMESPACE, LabWorld, operator_env, seed_azure
+from .world import OPERATOR_NAMESPACE, LabWorld, operator_env, platform_key, seed_azure
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,12 @@ class LabRuntime:
     """
 
     def __init__(self, root: Path, *, apiservers: int = 1, roll_interval: float = 0.0,
-                 lag_last_seconds: float | None = None) -> None:
+                 lag_last_seconds: float | None = None, detection_interval: float | None = None) -> None:
         self.paths = LabPaths(Path(root).resolve())
+        # How often the lab's AKS looks for a new customer key version on the Managed experience (AKS: about
+        # 6 hours; the lab: LAB_AKS_KEY_DETECTION_SECONDS, default 20 s).
+        self.detection_interval = detection_interval if detection_interval is not None else float(
+            os.environ.get("LAB_AKS_KEY_DETECTION_SECONDS", "20"))
         self.apiservers = apiservers
         self.roll_interval = roll_interval
         self.lag_last_seconds = lag_last_seconds
@@ -181,9 +186,14 @@ class LabRuntime:
             shutil.copyfile(self.cp.kubeconfig, p.kubeconfig)
             p.kubeconfig.chmod(0o600)
             self.env = operator_env(self.fake, p.kubeconfig)
+            fake = self.fake
             self.kms = ApiServerKms(self.cp, p.encryption, provider, load_key=self._load_key, state_path=p.slots,
-                                    roll_interval=self.roll_interval, lag_last_seconds=self.lag_last_seconds)
+                                    roll_interval=self.roll_interval, lag_last_seconds=self.lag_last_seconds,
+                                    resolve_key=fake.newest_key_version, platform_key=lambda: platform_key(fake),
+                                    detection_interval=self.detection_interval)
             self.kms.write_config()  # records the (empty) slots
+            if self.kms.managed_source:
+                self.kms.start_detector()
             self.fake.on_kms_change = self.kms.on_kms_change
             self._write_files()
             p.pid.write_text(str(os.getpid()))  # the supervisor, or the test process running it in-process
@@ -564,6 +574,26 @@ def policy_encrypted_with(root: Path, name: str = "default") -> str | None:
     return ((body.get("status") or {}).get("encryptedWith")) or None
 
 
+def policy_experience(root: Path, name: str = "default") -> str:
+    """status.cluster.experience of the policy (None, Legacy, Managed; '' when unknown)."""
+    try:
+        code, body = control_plane(root).request("GET", f"{POLICIES}/{name}")
+    except OSError:
+        return ""
+    if code != 200 or not isinstance(body, dict):
+        return ""
+    return str(((body.get("status") or {}).get("cluster") or {}).get("experience") or "")
+
+
+def aks_current_key(root: Path) -> str | None:
+    """The key version the lab's AKS writes with now (its current slot), from slots.json."""
+    try:
+        data = json.loads(LabPaths(Path(root).resolve()).slots.read_text())
+    except (OSError, ValueError):
+        return None
+    return str(data.get("current") or "") or None if data.get("enabled") else None
+
+
 def verify_lab(root: Path = DEFAULT_DIR, *, expect: str | None = None, content: bool = True) -> LabVerification:
     p = LabPaths(Path(root).resolve())
     if not is_running(p.root):
@@ -574,6 +604,14 @@ def verify_lab(root: Path = DEFAULT_DIR, *, expect: str | None = None, content: 
     labels.update({url: f"private V{i + 1}" for i, url in enumerate(world.private_key_versions)})
     if expect is None:
         expect = policy_encrypted_with(p.root)
+        if policy_experience(p.root) == "Managed" or (
+                expect and expect != IDENTITY and not re.search(r"/[0-9A-Fa-f]{32}/?$", expect)):
+            # The Managed experience: AKS picks the version and re-encrypts itself (encryptedWith moves only
+            # with spec.verify), so the lab's AKS says which key every Secret must be under now.
+            expect = aks_current_key(p.root) or expect
+    current = aks_current_key(p.root)
+    if current and current not in labels:
+        labels[current] = "AKS current"
     keys = list(labels) + ([expect] if expect and expect != IDENTITY and expect not in labels else [])
     report = verify_etcd(env["ETCD_URL"], keys)
     digests = api = None

@@ -17,6 +17,9 @@ CLUSTER = "lab-aks"
 PUBLIC_VAULT = "labvault"
 PRIVATE_VAULT = "labprivatevault"
 KEY_NAME = "etcd"
+# The lab's stand-in for AKS's platform-managed key (Managed experience, PlatformManaged): AKS owns it,
+# and nothing but the lab's AKS uses it.
+PLATFORM_KEY_NAME = "aks-platform-kms"
 OPERATOR_NAMESPACE = "aks-kms-system"
 
 
@@ -59,6 +62,8 @@ def seed_azure(fake: FakeAzure, *, versions: int = 3) -> LabWorld:
     fake.grant_role(ident.principal_id, public_id, "Key Vault Crypto User")
     fake.grant_role(ident.principal_id, private_id, "Key Vault Crypto User")
     fake.grant_role(ident.principal_id, private_id, "Key Vault Contributor")
+    # The Managed experience with a customer-managed key also needs Key Vault Reader (new versions).
+    fake.grant_role(ident.principal_id, public_id, "Key Vault Reader")
     world = LabWorld(identity_id, ident.principal_id, public_id, private_id)
     world.key_versions.append(fake.create_key(PUBLIC_VAULT, KEY_NAME))
     for _ in range(versions - 1):
@@ -92,3 +97,9 @@ def operator_env(fake: FakeAzure, kubeconfig: Path, *, fast: bool = True) -> dic
             "AKS_KMS_ERROR_RETRY_SECONDS": "2",
         })
     return env
+
+
+def platform_key(fake: FakeAzure) -> str:
+    """AKS's platform-managed key in the lab (created on first use): its newest version."""
+    url = f"https://{PUBLIC_VAULT}.vault.azure.net/keys/{PLATFORM_KEY_NAME}"
+    return fake.newest_key_version(url) or fake.create_key(PUBLIC_VAULT, PLATFORM_KEY_NAME)

@@ -87,6 +87,29 @@ class ClusterState:
     api_server_vnet_integration: bool = False
     e_tag: str = ""
     location: str = ""
+    # securityProfile.kubernetesResourceObjectEncryptionProfile.infrastructureEncryption: "Enabled" puts
+    # the cluster on the Managed experience (KMS data encryption), for good. "" when AKS (or an older API
+    # version) reports nothing.
+    infrastructure_encryption: str = ""
+
+    @property
+    def managed(self) -> bool:
+        """On the Managed experience: AKS rotates and re-encrypts itself, and it cannot be turned off."""
+        return self.infrastructure_encryption.lower() == "enabled"
+
+    @property
+    def experience(self) -> str:
+        """None, Legacy or Managed, as AKS reports it (what status.cluster.experience shows)."""
+        if self.managed:
+            return "Managed"
+        return "Legacy" if self.kms_enabled else "None"
+
+    @property
+    def key_management(self) -> str:
+        """PlatformManaged or CustomerManaged on the Managed experience; '' otherwise."""
+        if not self.managed:
+            return ""
+        return "CustomerManaged" if self.kms_enabled else "PlatformManaged"
 
     @property
     def busy(self) -> bool:
@@ -184,6 +207,10 @@ class PreflightFacts:
     network_access: str = "Public"
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     expiry_warning: dt.timedelta = dt.timedelta(days=30)
+    # The write puts (or keeps) the cluster on the Managed experience, and the ARM API version the
+    # operator's SDK speaks (the Managed experience needs 2026-07-01 or later).
+    managed: bool = False
+    api_version: str = ""
     # Only used to print runnable `az aks …` fixes; placeholders are printed when empty.
     cluster_resource_group: str = ""
     cluster_name: str = ""

@@ -64,7 +64,16 @@ from .api.v1alpha1 import (
     VerificationStatus,
 )
 from .model import IDENTITY, ClusterState, KeyRef, KeyState, same_key
-from .preflight import KMS_V2_MINIMUM, Finding, Reason, Severity, blocking, ordered, waiting
+from .preflight import (
+    KMS_V2_MINIMUM,
+    Finding,
+    Reason,
+    Severity,
+    blocking,
+    managed_cluster_findings,
+    ordered,
+    waiting,
+)
 from .preflight import warnings as warning_findings
 
 BUSY_RETRY = 30.0  # seconds: AKS operations take minutes; polling faster only costs ARM reads
@@ -74,6 +83,9 @@ BUSY_RETRY = 30.0  # seconds: AKS operations take minutes; polling faster only c
 ALREADY_CURRENT_WARN_SHARE = 0.25
 ALREADY_CURRENT_WARN_MIN = 20
 MAX_RETIRABLE = 16  # status.keys.retirable maxItems
+# The write key of the Managed experience with a platform-managed key: AKS owns the key, so there is no
+# URL; status.encryptedWith shows this after a clean verification pass.
+PLATFORM_KEY = "platform-managed"
 
 
 class Step(StrEnum):
@@ -86,12 +98,13 @@ class Step(StrEnum):
     WAIT_FOR_KEY_SWITCH = "WaitForKeySwitch"
     REWRITE = "Rewrite"
     VERIFY = "Verify"
+    MIGRATE = "Migrate"  # legacy → Managed experience: one irreversible ARM write, AKS rewrites the Secrets
     READY = "Ready"
     WAIT = "Wait"
     BLOCKED = "Blocked"
 
 
-WRITE_STEPS = frozenset({Step.ENABLE, Step.UPDATE, Step.DISABLE})
+WRITE_STEPS = frozenset({Step.ENABLE, Step.UPDATE, Step.DISABLE, Step.MIGRATE})
 OUTCOMES = frozenset({Step.READY, Step.WAIT, Step.BLOCKED})
 
 _PHASES = {
@@ -99,6 +112,7 @@ _PHASES = {
     Step.ENABLE: "UpdatingCluster",
     Step.UPDATE: "UpdatingCluster",
     Step.DISABLE: "UpdatingCluster",
+    Step.MIGRATE: "UpdatingCluster",
     Step.WAIT_FOR_KEY_SWITCH: "WaitingForKeySwitch",
     Step.REWRITE: "Rewriting",
     Step.VERIFY: "Verifying",
@@ -112,9 +126,19 @@ def _same(a: str, b: str) -> bool:
     return same_key(a, b)
 
 
+def managed_key(key_id: str) -> bool:
+    """A write key of the Managed experience: the platform key or a versionless key URL."""
+    if key_id == PLATFORM_KEY:
+        return True
+    try:
+        return not KeyRef.parse(key_id).versioned
+    except ValueError:
+        return False
+
+
 def short(key_id: str) -> str:
     """``vault/key/version-prefix`` for messages; ``identity`` and unparsable IDs as they are."""
-    if not key_id or key_id == IDENTITY:
+    if not key_id or key_id in (IDENTITY, PLATFORM_KEY):
         return key_id or "(none)"
     try:
         return KeyRef.parse(key_id).display
@@ -130,16 +154,28 @@ class KmsConfig:
     key_id: str = ""
     network_access: str = "Public"
     vault_resource_id: str = ""
+    # The Managed experience (infrastructureEncryption Enabled). ``enabled`` then means a
+    # customer-managed (versionless) key; without it the platform-managed key.
+    managed: bool = False
 
     @classmethod
     def of_cluster(cls, cluster: ClusterState) -> KmsConfig:
         return cls(cluster.kms_enabled, cluster.key_id, cluster.network_access or "Public",
-                   cluster.vault_resource_id)
+                   cluster.vault_resource_id, cluster.managed)
 
     @property
     def write_key(self) -> str:
-        """The key the API server writes new Secrets with under this configuration."""
+        """The key the API server writes new Secrets with under this configuration.
+
+        On the Managed experience: the versionless key (AKS picks its version) or ``PLATFORM_KEY``.
+        """
+        if self.managed:
+            return self.key_id if self.enabled else PLATFORM_KEY
         return self.key_id if self.enabled else IDENTITY
+
+    @property
+    def key_management(self) -> str:
+        return ("CustomerManaged" if self.enabled else "PlatformManaged") if self.managed else ""
 
     def same_mode(self, other: KmsConfig) -> bool:
         """Network access and (for Private) the vault; changing either needs Disable→Enable."""
@@ -161,12 +197,16 @@ class PlannedStep:
     network_access: str = ""
     vault_resource_id: str = ""
     replaces: str = ""
+    managed: bool = False  # the write sets infrastructureEncryption Enabled (the Managed experience)
 
     @property
     def writes(self) -> bool:
         return self.step in WRITE_STEPS
 
     def __str__(self) -> str:
+        if self.managed and self.step is not Step.CHECK:
+            kind = "PlatformManaged" if self.key_id == PLATFORM_KEY else "CustomerManaged"
+            return f"{self.step.value}(Managed, {kind})"
         return f"Enable({self.network_access})" if self.step is Step.ENABLE else self.step.value
 
 
@@ -259,6 +299,21 @@ def desired_config(spec: PolicySpec, key_versions: Sequence[KeyState] = (), now:
                    *, deleting: bool = False) -> KmsConfig | Finding:
     """The configuration AKS should end up with, or the blocking finding that prevents knowing it."""
     kms = spec.kms
+    if kms.experience == "Managed":
+        # Deleting with deletionPolicy Disable cannot turn it off: plan_next_step answers that first.
+        if kms.key_management == "PlatformManaged":
+            return KmsConfig(False, managed=True)
+        try:
+            versioned = KeyRef.parse(kms.key_id).versioned
+        except ValueError:
+            versioned = True
+        if versioned:  # admission refuses this; kept so a versioned key is never sent with Managed
+            return Finding("KeyIdVersioned", Severity.BLOCK,
+                           f"spec.kms.keyId {kms.key_id!r} is not a versionless Key Vault key URL, which the Managed "
+                           "experience needs", "set spec.kms.keyId to https://<vault>.vault.azure.net/keys/<name>")
+        private = kms.key_vault_network_access == "Private"
+        return KmsConfig(True, kms.key_id, kms.key_vault_network_access,
+                         kms.key_vault_resource_id if private else "", managed=True)
     if not kms.enabled or (deleting and spec.deletion_policy == "Disable"):
         return KmsConfig(False)
     key = kms.key_id
@@ -298,8 +353,22 @@ def rewrite_done(rewrite: RewriteStatus, key: str) -> bool:
     return _same(rewrite.target_key_id, key) and bool(rewrite.completed_at) and rewrite.failed == 0
 
 
+def _managed_change_steps(desired: KmsConfig, observed: KmsConfig) -> list[PlannedStep]:
+    """One write toward the Managed experience, behind a Check, and nothing after it: AKS re-encrypts the
+    Secrets itself (on migration and on every key version it picks up), so there is no key switch to prove
+    and no rewrite of ours. What AKS forbids (leaving Managed, Public↔Private) never gets here."""
+    if observed.managed and desired.enabled == observed.enabled and (
+            not desired.enabled or (_same(desired.key_id, observed.key_id) and desired.same_mode(observed))):
+        return []
+    kind = Step.UPDATE if observed.managed else (Step.MIGRATE if observed.enabled else Step.ENABLE)
+    args = (desired.write_key, desired.network_access, desired.vault_resource_id, observed.write_key)
+    return [PlannedStep(Step.CHECK, *args, managed=True), PlannedStep(kind, *args, managed=True)]
+
+
 def _change_steps(desired: KmsConfig, observed: KmsConfig) -> list[PlannedStep]:
     """The writes (each behind a Check and followed by its key switch and rewrite) from observed to desired."""
+    if desired.managed:
+        return _managed_change_steps(desired, observed)
     enable = [
         PlannedStep(Step.CHECK, desired.key_id, desired.network_access, desired.vault_resource_id, IDENTITY),
         PlannedStep(Step.ENABLE, desired.key_id, desired.network_access, desired.vault_resource_id, IDENTITY),
@@ -341,7 +410,8 @@ def remaining_steps(desired: KmsConfig, observed: KmsConfig, status: PolicyStatu
     """
     aks_key = observed.write_key
     steps: list[PlannedStep] = []
-    if not _same(status.encrypted_with, aks_key):
+    # On the Managed experience AKS re-encrypts by itself: no catch-up rewrite of ours (spec.verify proves it).
+    if not observed.managed and not _same(status.encrypted_with, aks_key):
         steps += _rewrite_steps(aks_key, proven=_same(status.rewrite.target_key_id, aks_key),
                                 rewritten=rewrite_done(status.rewrite, aks_key))
     return steps + _change_steps(desired, observed)
@@ -381,6 +451,13 @@ def plan_next_step(
     if deleting and spec.deletion_policy != "Disable":
         return Decision(Step.READY, (), "Retained", "deletionPolicy Retain: AKS is left as it is",
                         phase="Deleting", discard_operation=bool(status.operation.step))
+    if deleting and observed.managed:
+        return Decision(Step.READY, (), MANAGED_IRREVERSIBLE,
+                        "deletionPolicy Disable: AKS forbids disabling the Managed KMS experience, so AKS is left "
+                        "as it is", phase="Deleting", discard_operation=bool(status.operation.step))
+    refusal = _managed_refusal(spec, cluster, observed)
+    if refusal is not None:
+        return _outcome(Step.BLOCKED, (), refusal, ready_delay, deleting, None)
 
     wanted = desired_config(spec, key_versions, now, deleting=deleting)
     if isinstance(wanted, Finding):
@@ -404,12 +481,16 @@ def plan_next_step(
         op_key = op.target_key_id or IDENTITY
         reflected = _same(observed.write_key, op_key)
         if cluster.busy:
-            tail = remaining_steps(desired, observed, status) if reflected else _rewrite_steps(op_key, False)
+            managed_op = desired.managed or observed.managed
+            tail = [] if managed_op else (
+                remaining_steps(desired, observed, status) if reflected else _rewrite_steps(op_key, False))
             kind = Step(op.step) if op.step in {s.value for s in WRITE_STEPS} else Step.UPDATE
-            held = PlannedStep(kind, op_key, observed.network_access, observed.vault_resource_id)
+            held = PlannedStep(kind, op_key, observed.network_access, observed.vault_resource_id, managed=managed_op)
+            what = ("; AKS switches the API servers to the new key and re-encrypts every Secret itself"
+                    if managed_op else "")
             return decide(Step.WAIT, [held, *tail], "ClusterUpdating",
                           f"AKS is applying {op.step} to {short(op_key)} "
-                          f"(provisioningState {cluster.provisioning_state})",
+                          f"(provisioningState {cluster.provisioning_state}){what}",
                           delay=BUSY_RETRY, phase="UpdatingCluster")
         if not reflected:
             if cluster.provisioning_state == "Failed":
@@ -426,9 +507,18 @@ def plan_next_step(
     if op.step and (not steps or steps[0].step is not Step.WAIT_FOR_KEY_SWITCH):
         discard = True
 
+    if not steps and spec.verify.requested_at and spec.verify.requested_at != status.verification.requested_at:
+        steps = [PlannedStep(Step.VERIFY, observed.write_key)]  # on demand (spec.verify.requestedAt)
     if not steps:
-        what = (f"AKS encrypts Secrets with {short(observed.key_id)} and every Secret is written under it"
-                if observed.enabled else "KMS is disabled and every Secret is stored without KMS")
+        if observed.managed:
+            what = (f"AKS encrypts Secrets on the Managed experience with {short(observed.key_id)} (customer-managed; "
+                    "AKS picks up new key versions and re-encrypts by itself)" if observed.enabled else
+                    "AKS encrypts Secrets on the Managed experience with a platform-managed key it rotates itself")
+            if not _same(status.encrypted_with, observed.write_key):
+                what += "; set spec.verify.requestedAt to prove every Secret is under it"
+        else:
+            what = (f"AKS encrypts Secrets with {short(observed.key_id)} and every Secret is written under it"
+                    if observed.enabled else "KMS is disabled and every Secret is stored without KMS")
         return decide(Step.READY, [], "InSync", what, delay=ready_delay, discard=discard)
 
     first = steps[0]
@@ -459,6 +549,9 @@ def plan_next_step(
     if findings is None:
         return decide(Step.CHECK, steps, "Checking",
                       f"checking prerequisites for {write} to {short(write.key_id)}", discard=discard)
+    if write.step is Step.MIGRATE and not blocking(findings) and not waiting(findings):
+        return decide(write.step, steps[1:], "Migrating", _migration_text(observed, desired),
+                      discard=discard, extra=warning_findings(ordered(findings)))
     found = ordered(findings)
     blockers, waits = blocking(found), waiting(found)
     if blockers:
@@ -472,6 +565,56 @@ def plan_next_step(
                       discard=discard, extra=warning_findings(found))
     return decide(write.step, steps[1:], write.step.value, f"{write} to {short(write.key_id)}",
                   discard=discard, extra=warning_findings(found))
+
+
+MANAGED_IRREVERSIBLE = "ManagedIrreversible"
+MIGRATION_NOT_ALLOWED = "MigrationNotAllowed"
+
+
+def _migration_text(observed: KmsConfig, desired: KmsConfig) -> str:
+    """What AKS will do when a legacy cluster moves to the Managed experience (status.message)."""
+    target = (f"your key {short(desired.key_id)} (versionless: AKS follows its new versions)" if desired.enabled
+              else "a platform-managed key")
+    return (f"migrating from the legacy experience ({short(observed.key_id)}) to the Managed experience with "
+            f"{target}: one ARM write; AKS switches the API servers and re-encrypts every Secret itself; "
+            "this cannot be undone")
+
+
+def _managed_refusal(spec: PolicySpec, cluster: ClusterState, observed: KmsConfig) -> Finding | None:
+    """What AKS forbids on the Managed experience, and a migration the policy did not explicitly allow.
+
+    Refused here, before any Check, with the reason and the way forward: never attempted at AKS.
+    """
+    kms = spec.kms
+    wants_managed = kms.experience == "Managed"
+    rg, name = spec.cluster.resource_group, spec.cluster.name
+    if observed.managed and not wants_managed:
+        what = "disable KMS" if not kms.enabled else "return to the legacy experience"
+        return Finding(MANAGED_IRREVERSIBLE, Severity.BLOCK,
+                       f"AKS reports the Managed KMS experience ({observed.key_management}); the policy asks to "
+                       f"{what}, which AKS forbids: KMS data encryption cannot be turned off or downgraded",
+                       f"set spec.kms.experience: Managed with keyManagement: {observed.key_management} to match "
+                       "the cluster (nothing is written meanwhile)")
+    if observed.managed and observed.enabled and kms.key_management == "CustomerManaged" and (
+            kms.key_vault_network_access.lower() != observed.network_access.lower()):
+        return Finding(MANAGED_IRREVERSIBLE, Severity.BLOCK,
+                       f"the policy asks to change keyVaultNetworkAccess from {observed.network_access} to "
+                       f"{kms.key_vault_network_access}, which AKS forbids on the Managed experience",
+                       f"set spec.kms.keyVaultNetworkAccess: {observed.network_access} (a private vault is reached "
+                       "through its firewall's trusted-services bypass, so Public works with a closed vault too)")
+    if wants_managed and not observed.managed:
+        ruled_out = managed_cluster_findings(cluster, rg, name)
+        if ruled_out:
+            return ruled_out[0]
+    if wants_managed and not observed.managed and observed.enabled and kms.migration != "Allow":
+        target = "a platform-managed key" if kms.key_management == "PlatformManaged" else short(kms.key_id)
+        return Finding(MIGRATION_NOT_ALLOWED, Severity.BLOCK,
+                       f"AKS reports the legacy experience ({short(observed.key_id)}); the policy asks for the Managed "
+                       f"experience with {target}. That migration is one ARM write after which AKS re-encrypts every "
+                       "Secret itself, and it cannot be undone, so it needs an explicit opt-in",
+                       f"set spec.kms.migration: Allow to migrate {rg}/{name} (turn off admission policies that "
+                       "block Secret updates first), or spec.kms.experience: Legacy to stay")
+    return None
 
 
 def _already_current_warning(status: PolicyStatus, key: str) -> list[Finding]:
@@ -689,7 +832,10 @@ def status_after_write(status: PolicyStatus, step: PlannedStep, *, at: dt.dateti
     """
     keep = [step.key_id] if step.key_id != IDENTITY else []
     keys = dataclasses.replace(status.keys, retirable=_retire(status.keys.retirable, (), keep, at))
-    return dataclasses.replace(status, keys=keys, operation=operation_for(
+    managed = status.managed
+    if step.step is Step.MIGRATE:  # AKS still reads the legacy key while it re-encrypts: keep it recorded
+        managed = dataclasses.replace(managed, migrated_from=step.replaces, migrated_at=_iso(at))
+    return dataclasses.replace(status, keys=keys, managed=managed, operation=operation_for(
         step, started_at=at, canary_resource_version=canary_resource_version, canary_uid=canary_uid))
 
 
@@ -708,7 +854,7 @@ def status_after_key_switch(status: PolicyStatus, step: PlannedStep, *, at: dt.d
     return dataclasses.replace(status, operation=OperationStatus(), keys=keys,
                                rewrite=RewriteStatus(target_key_id=step.key_id, started_at=_iso(at),
                                                      follows_write=ours),
-                               verification=VerificationStatus())
+                               verification=VerificationStatus(requested_at=status.verification.requested_at))
 
 
 def status_after_rewrite(status: PolicyStatus, *, at: dt.datetime) -> PolicyStatus:
@@ -738,7 +884,7 @@ def rewrite_retry(status: PolicyStatus, *, at: dt.datetime) -> PolicyStatus:
 
 
 def status_after_verify_pass(status: PolicyStatus, key: str, *, reencrypted: int, failed: int, at: dt.datetime,
-                             retry_after: dt.timedelta, retried: int = 0) -> PolicyStatus:
+                             retry_after: dt.timedelta, retried: int = 0, requested_at: str = "") -> PolicyStatus:
     """Status once verification pass ``passes + 1`` toward ``key`` walked every namespace.
 
     Zero re-encrypted, zero failed and zero retried (5xx, dropped connections: what a replica that
@@ -748,11 +894,15 @@ def status_after_verify_pass(status: PolicyStatus, key: str, *, reencrypted: int
     """
     v = status.verification
     if not _same(v.target_key_id, key):
-        v = VerificationStatus(target_key_id=key)
+        v = VerificationStatus(target_key_id=key, requested_at=v.requested_at)
     passes = v.passes + 1
     if reencrypted == 0 and failed == 0 and retried == 0:
         done = dataclasses.replace(v, passes=passes, pass_number=passes, last_pass_reencrypted=0,
-                                   last_pass_failed=0, next_pass_at="", verified_at=_iso(at))
+                                   last_pass_failed=0, next_pass_at="", verified_at=_iso(at),
+                                   requested_at=requested_at or v.requested_at)
+        if managed_key(key):
+            # Managed experience: AKS owns the key slots; the legacy ledger stays as it was.
+            return dataclasses.replace(status, encrypted_with=key, verification=done)
         return dataclasses.replace(status, encrypted_with=key, verification=done,
                                    keys=ledger_after_rewrite(status.keys, completed=key, at=at))
     dirty = dataclasses.replace(v, passes=passes, pass_number=passes, last_pass_reencrypted=reencrypted,

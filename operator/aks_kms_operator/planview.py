@@ -27,7 +27,7 @@ from typing import Any
 from .api.v1alpha1 import PolicySpec, PolicyStatus
 from .azure.clusters import kms_body
 from .model import IDENTITY, ClusterState
-from .planning import Decision, PlannedStep, Step, short
+from .planning import PLATFORM_KEY, Decision, PlannedStep, Step, short
 from .preflight import Finding, Severity
 
 EXIT_NO_CHANGE = 0
@@ -80,9 +80,11 @@ def arm_changes(kms_before: Mapping[str, Any], steps: Sequence[PlannedStep]) -> 
     for step in steps:
         if not step.writes:
             continue
-        enabled = step.step is not Step.DISABLE
+        enabled = step.step is not Step.DISABLE and step.key_id != PLATFORM_KEY
         after = kms_body(current, enabled=enabled, key_id=step.key_id if enabled else "",
                          network_access=step.network_access or "Public", vault_resource_id=step.vault_resource_id)
+        if step.managed:  # the Managed experience: kubernetesResourceObjectEncryptionProfile, shown alongside
+            after = {**after, "infrastructureEncryption": "Enabled"}
         out.append((dict(current), after))
         current = after
     return out
@@ -90,9 +92,8 @@ def arm_changes(kms_before: Mapping[str, Any], steps: Sequence[PlannedStep]) -> 
 
 def changed_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """The fields whose value differs, in a stable order."""
-    names = sorted(set(before) | set(after), key=lambda n: ("enabled", "keyId", "keyVaultNetworkAccess",
-                                                            "keyVaultResourceId").index(n)
-                   if n in ("enabled", "keyId", "keyVaultNetworkAccess", "keyVaultResourceId") else 9)
+    order = ("enabled", "keyId", "keyVaultNetworkAccess", "keyVaultResourceId", "infrastructureEncryption")
+    names = sorted(set(before) | set(after), key=lambda n: order.index(n) if n in order else 9)
     return [(n, before.get(n), after.get(n)) for n in names if before.get(n) != after.get(n)]
 
 
@@ -129,6 +130,11 @@ def _step_text(step: PlannedStep, secrets: int | None, namespaces: int | None) -
     key = short(step.key_id)
     if step.step is Step.CHECK:
         return "preflight: every check that could make the next write fail, before it is sent"
+    if step.managed and step.writes:
+        what = "the platform-managed key" if step.key_id == PLATFORM_KEY else f"the customer-managed key {key}"
+        verb = "migrate from legacy to" if step.step is Step.MIGRATE else "set"
+        return (f"ARM PUT: {verb} the Managed experience (infrastructureEncryption Enabled) with {what}; AKS "
+                "re-encrypts every Secret itself; irreversible")
     if step.step is Step.ENABLE:
         return f"ARM PUT: enable KMS with {key} ({step.network_access or 'Public'} network access)"
     if step.step is Step.UPDATE:

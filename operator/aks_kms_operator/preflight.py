@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 
-from .model import KeyRef, KeyState, PreflightFacts, RoleGrant, VaultState
+from .model import ClusterState, KeyRef, KeyState, PreflightFacts, RoleGrant, VaultState
 
 # The Azure KMS plugin encrypts and decrypts data keys with RSA-OAEP-256 through Key Vault's
 # encrypt/decrypt operations (reference 9; the new experience documents the same two operations).
@@ -34,6 +34,12 @@ DECRYPT_DATA_ACTION = "Microsoft.KeyVault/vaults/keys/decrypt/action"
 # and Contributor/Owner count too.
 VAULT_WRITE_ACTION = "Microsoft.KeyVault/vaults/write"
 KMS_V2_MINIMUM = (1, 27)
+# The Managed experience (KMS data encryption): Kubernetes 1.33+, ARM API 2026-07-01+, and for a
+# customer-managed key Key Vault Reader (management-plane read of the vault's keys, to find new
+# versions) next to Key Vault Crypto User. Private vaults are reached through the trusted-services bypass.
+MANAGED_MINIMUM = (1, 33)
+MANAGED_API_VERSION = "2026-07-01"
+VAULT_KEYS_READ_ACTION = "Microsoft.KeyVault/vaults/keys/read"
 KMS_V1_SECRET_LIMIT = 2000
 
 
@@ -67,6 +73,11 @@ class Reason(StrEnum):
     KEY_VAULT_RECOVERY_DISABLED = "KeyVaultRecoveryDisabled"
     KEY_EXPIRES_SOON = "KeyExpiresSoon"
     VAULT_NOT_OBSERVED = "VaultNotObserved"
+    API_VERSION_TOO_OLD = "ApiVersionTooOld"
+    MIGRATION_FROM_KMS_V1 = "MigrationFromKmsV1"
+    MANAGED_NEEDS_KUBERNETES_1_33 = "ManagedNeedsKubernetes133"
+    IDENTITY_LACKS_KEY_VAULT_READER = "IdentityLacksKeyVaultReader"
+    KEY_VAULT_FIREWALL_NO_TRUSTED_SERVICES = "KeyVaultFirewallNoTrustedServices"
     KMS_V1 = "KmsV1"  # reported by the planner, not by run_preflight; listed for the shared order
 
 
@@ -257,8 +268,15 @@ def _identity_checks(facts: PreflightFacts, key: KeyState, key_ref: KeyRef | Non
             Reason.IDENTITY_LACKS_KEY_PERMISSION, Severity.BLOCK,
             f"the vault's access policies do not give identity {pid} the encrypt and decrypt key permissions",
             f"az keyvault set-policy -n {name} --object-id {pid} --key-permissions encrypt decrypt"))
-    if facts.network_access == "Private" and not rbac_allows_action(facts.grants, vault.resource_id,
-                                                                    VAULT_WRITE_ACTION):
+    if facts.managed and vault.rbac_authorization and not rbac_allows_action(facts.grants, vault.resource_id,
+                                                                             VAULT_KEYS_READ_ACTION):
+        out.append(Finding(
+            Reason.IDENTITY_LACKS_KEY_VAULT_READER, Severity.BLOCK,
+            f"identity {pid} needs Key Vault Reader on the vault: the Managed experience reads the key's versions "
+            "to follow new ones",
+            f'az role assignment create --role "Key Vault Reader" {assignee} --scope {vault.resource_id}'))
+    if facts.network_access == "Private" and not facts.managed and not rbac_allows_action(
+            facts.grants, vault.resource_id, VAULT_WRITE_ACTION):
         out.append(Finding(
             Reason.IDENTITY_LACKS_PRIVATE_LINK_PERMISSION, Severity.BLOCK,
             f"identity {pid} needs Key Vault Contributor on the vault to set up the private link",
@@ -275,7 +293,15 @@ def _vault_checks(facts: PreflightFacts, vault: VaultState) -> list[Finding]:
                            f"vault {name} is in tenant {vault.tenant_id}, the cluster in {tenant}; "
                            "AKS KMS does not support cross-tenant vaults",
                            f"create the key in a vault of tenant {tenant} and set spec.kms.keyId to it"))
-    if facts.network_access == "Public" and (
+    if facts.managed:
+        if vault.public_network_access.lower() == "disabled" or (
+                vault.network_default_action.lower() == "deny" and "azureservices" not in vault.network_bypass.lower()):
+            out.append(Finding(Reason.KEY_VAULT_FIREWALL_NO_TRUSTED_SERVICES, Severity.BLOCK,
+                               f"vault {name} firewall (publicNetworkAccess {vault.public_network_access}, default "
+                               f"action {vault.network_default_action}, bypass {vault.network_bypass or 'None'}) "
+                               "keeps AKS out: the Managed experience reaches the vault as a trusted Azure service",
+                               f"az keyvault update -n {name} --public-network-access Enabled --bypass AzureServices"))
+    elif facts.network_access == "Public" and (
         vault.public_network_access.lower() == "disabled" or vault.network_default_action.lower() == "deny"
     ):
         out.append(Finding(Reason.KEY_VAULT_FIREWALL_BLOCKS_PLUGIN, Severity.BLOCK,
@@ -333,7 +359,7 @@ def run_preflight(facts: PreflightFacts) -> list[Finding]:
             found.append(Finding(Reason.VAULT_NOT_OBSERVED, Severity.WARN,
                                  "the vault could not be read: firewall, tenant and permission checks skipped",
                                  "grant the operator's identity Reader on the vault"))
-        if facts.network_access == "Private" and not cluster.api_server_vnet_integration:
+        if facts.network_access == "Private" and not facts.managed and not cluster.api_server_vnet_integration:
             found.append(Finding(Reason.PRIVATE_VAULT_NEEDS_VNET_INTEGRATION, Severity.BLOCK,
                                  "a Private vault needs API Server VNet Integration on the cluster",
                                  f"az aks update -g {rg} -n {name} --enable-apiserver-vnet-integration "
@@ -345,8 +371,49 @@ def run_preflight(facts: PreflightFacts) -> list[Finding]:
                                  f"{KMS_V1_SECRET_LIMIT:,} Secrets; the cluster has {facts.secret_count:,}",
                                  f"az aks upgrade -g {rg} -n {name} --kubernetes-version <1.27 or later> "
                                  "(with KMS disabled), or reduce the number of Secrets"))
+    if facts.managed:
+        found += _managed_checks(facts)
     found += _previous_key_checks(facts)
     return ordered(found)
+
+
+def _managed_checks(facts: PreflightFacts) -> list[Finding]:
+    """What AKS refuses when a write turns on (or changes) the Managed experience (KMS data encryption)."""
+    cluster = facts.cluster
+    rg = facts.cluster_resource_group or "<resource-group>"
+    name = facts.cluster_name or "<cluster>"
+    out: list[Finding] = []
+    if facts.api_version and facts.api_version < MANAGED_API_VERSION:
+        out.append(Finding(Reason.API_VERSION_TOO_OLD, Severity.BLOCK,
+                           f"the operator's azure-mgmt-containerservice speaks ARM API {facts.api_version}; the "
+                           f"Managed experience needs {MANAGED_API_VERSION} or later (older versions do not carry "
+                           "kubernetesResourceObjectEncryptionProfile)",
+                           "upgrade the operator (azure-mgmt-containerservice >= 41.7.0)"))
+    return out + managed_cluster_findings(cluster, rg, name)
+
+
+def managed_cluster_findings(cluster: ClusterState, rg: str = "<resource-group>",
+                             name: str = "<cluster>") -> list[Finding]:
+    """What the cluster alone rules out for turning the Managed experience on (KMS v1, Kubernetes < 1.33).
+
+    The planner asks this before anything else (even a pending legacy rewrite), preflight again before
+    the write."""
+    out: list[Finding] = []
+    if cluster.managed:
+        return out  # already on it: version and KMS v1 were settled when it was turned on
+    minor = cluster.kubernetes_minor
+    if cluster.kms_enabled and minor != (0, 0) and minor < KMS_V2_MINIMUM:
+        out.append(Finding(Reason.MIGRATION_FROM_KMS_V1, Severity.BLOCK,
+                           f"the cluster runs legacy KMS v1 (Kubernetes {cluster.kubernetes_version}); AKS migrates "
+                           "to the Managed experience from KMS v2 only",
+                           "move to KMS v2 first: spec.kms.experience Legacy with enabled: false, wait for Ready, "
+                           f"az aks upgrade -g {rg} -n {name} --kubernetes-version 1.33, enable again, then migrate"))
+    if minor != (0, 0) and minor < MANAGED_MINIMUM:
+        out.append(Finding(Reason.MANAGED_NEEDS_KUBERNETES_1_33, Severity.BLOCK,
+                           f"the Managed experience needs Kubernetes 1.33 or later; the cluster runs "
+                           f"{cluster.kubernetes_version}",
+                           f"az aks upgrade -g {rg} -n {name} --kubernetes-version 1.33"))
+    return out
 
 
 def _previous_key_checks(facts: PreflightFacts) -> list[Finding]:

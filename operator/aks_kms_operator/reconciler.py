@@ -272,13 +272,14 @@ class Reconciler:
         target = previous = None
         vault = identity = None
         grants: tuple = ()
-        if write.key_id and write.key_id != IDENTITY:
+        keyless = (IDENTITY, planning.PLATFORM_KEY)  # no Key Vault key behind these
+        if write.key_id and write.key_id not in keyless:
             target = azure.keys.key_state(write.key_id)
-        if write.replaces and write.replaces != IDENTITY:
+        if write.replaces and write.replaces not in keyless:
             previous = azure.keys.key_state(write.replaces)
-        key_for_vault = write.key_id if write.key_id != IDENTITY else write.replaces
+        key_for_vault = write.key_id if write.key_id not in keyless else write.replaces
         vault_id = write.vault_resource_id
-        if not vault_id and key_for_vault and key_for_vault != IDENTITY:
+        if not vault_id and key_for_vault and key_for_vault not in keyless:
             vault_id = azure.arm.find_vault(spec.cluster.subscription_id, KeyRef.parse(key_for_vault).vault_name) or ""
         if vault_id:
             vault = azure.arm.vault(vault_id)
@@ -292,6 +293,8 @@ class Reconciler:
             network_access=write.network_access or "Public", now=_now(),
             expiry_warning=planning.parse_duration(spec.rotation.expiry_warning),
             cluster_resource_group=spec.cluster.resource_group, cluster_name=spec.cluster.name,
+            managed=write.managed,
+            api_version=azure.clusters.api_version(spec.cluster.subscription_id) if write.managed else "",
         )
 
     # ------------------------------------------------------------------ act
@@ -325,11 +328,12 @@ class Reconciler:
         # error after this point erases it, not even a refusal: a PUT whose response was lost and
         # whose retry was refused (412, 409, 400) may have been applied (invariant 11).
         await self._patch_status({"operation": dump(after.operation)}, obs.name)
-        enabled = step.step is not Step.DISABLE
+        enabled = step.step is not Step.DISABLE and step.key_id != planning.PLATFORM_KEY
+        extra: dict[str, Any] = {"managed": True} if step.managed else {}
         await asyncio.to_thread(
             self.azure.clusters.put_kms, obs.snapshot, enabled=enabled,
             key_id=step.key_id if enabled else "", network_access=step.network_access or "Public",
-            vault_resource_id=step.vault_resource_id if enabled else "",
+            vault_resource_id=step.vault_resource_id if enabled else "", **extra,
         )
         self.events(obs.body, "Normal", step.step.value,
                     f"AKS accepted {step} to {planning.short(step.key_id)}; waiting for it to finish")
@@ -426,7 +430,8 @@ class Reconciler:
         the rewrite (checkpoint in ``status.verification``)."""
         key = step.key_id
         if not same_key(status.verification.target_key_id, key):
-            status = dataclasses.replace(status, verification=api.VerificationStatus(target_key_id=key))
+            status = dataclasses.replace(status, verification=api.VerificationStatus(
+                target_key_id=key, requested_at=status.verification.requested_at))
             await self._patch_status({"verification": dump(status.verification)}, obs.name)
         number = status.verification.passes + 1
         await self._patch_status({"phase": "Verifying",
@@ -445,7 +450,8 @@ class Reconciler:
         c = result.counters
         wait = dt.timedelta(seconds=self.settings.verify_retry)
         status = planning.status_after_verify_pass(status, key, reencrypted=c.reencrypted, failed=c.failed,
-                                                   retried=c.retried, at=_now(), retry_after=wait)
+                                                   retried=c.retried, at=_now(), retry_after=wait,
+                                                   requested_at=obs.spec.verify.requested_at)
         v = status.verification
         took = f"{c.seen} Secrets in {result.elapsed_seconds:.1f}s"
         if same_key(status.encrypted_with, key):
@@ -473,7 +479,10 @@ class Reconciler:
         if state is not None:
             key_states = await self._key_states(keys, state)
             keys = planning.refresh_ledger(keys, key_states)
-            if state.kms_enabled and not keys.current.key_id:
+            if state.managed:  # before the conditions: KeyHealthy reads the versions AKS uses
+                status = dataclasses.replace(status, managed=await self._managed_key_status(obs, status, state))
+                key_states += await self._versions_states(status.managed)
+            if state.kms_enabled and not state.managed and not keys.current.key_id:
                 keys = dataclasses.replace(keys, current=planning.key_record(state.key_id))
         conds = [dict(c) for c in dump(status).get("conditions") or []]
         stalled = decision.next_step is Step.BLOCKED
@@ -502,6 +511,7 @@ class Reconciler:
                 kms_enabled=state.kms_enabled, key_id=state.key_id, key_vault_network_access=state.network_access,
                 key_vault_resource_id=state.vault_resource_id, provisioning_state=state.provisioning_state,
                 kubernetes_version=state.kubernetes_version, identity_type=state.identity_type,
+                experience=state.experience, key_management=state.key_management,
                 observed_at=st.now_iso()))
         out = dump(status)
         out["conditions"] = conds
@@ -524,6 +534,42 @@ class Reconciler:
                 and (st.condition(before_conds, st.KEY_HEALTHY) or {}).get("reason") != PREVIOUS_KEY_EXPIRES_SOON):
             self.events(obs.body, "Warning", PREVIOUS_KEY_EXPIRES_SOON, str(health.get("message") or ""))
         self._publish(obs, status, conds, state, key_states)
+
+    async def _versions_states(self, managed: api.ManagedKeyStatus) -> list[KeyState]:
+        out: list[KeyState] = []
+        for key_id in (managed.key_version, managed.previous_key_version):
+            if key_id and key_id != planning.PLATFORM_KEY:
+                try:
+                    out.append(await asyncio.to_thread(self.azure.keys.key_state, key_id))
+                except AzureGatewayError as err:
+                    log.warning("could not read key %s: %s", planning.short(key_id), err)
+        return out
+
+    async def _managed_key_status(self, obs: Observation, status: api.PolicyStatus, state: Any) -> api.ManagedKeyStatus:
+        """Day 2 on the Managed experience: AKS reports nothing about its own rotation, so observe Key Vault:
+        the newest usable version of the customer-managed key is the one AKS picks up; record since when,
+        keep the one before (it must stay enabled until AKS re-encrypted), and post an Event on a change."""
+        managed = status.managed
+        if not state.kms_enabled:
+            return dataclasses.replace(managed, key_version=planning.PLATFORM_KEY, previous_key_version="",
+                                       expires_on="", key_version_since=managed.key_version_since or st.now_iso())
+        try:
+            newest = await asyncio.to_thread(self.azure.keys.newest_usable_version, state.key_id, _now())
+        except AzureGatewayError as err:
+            log.warning("could not list the versions of %s: %s", planning.short(state.key_id), err)
+            return managed
+        if newest is None or same_key(newest.key_id, managed.key_version):
+            return managed
+        expires = planning.key_record(newest.key_id, newest).expires_on
+        if managed.key_version and managed.key_version != planning.PLATFORM_KEY:
+            self.events(obs.body, "Normal", "KeyVersionChanged",
+                        f"Key Vault has a new version {planning.short(newest.key_id)}: AKS picks it up (about every "
+                        "6 hours) and re-encrypts the Secrets itself; keep "
+                        f"{planning.short(managed.key_version)} enabled until then (spec.verify proves it)")
+            return dataclasses.replace(managed, previous_key_version=managed.key_version, key_version=newest.key_id,
+                                       key_version_since=st.now_iso(), expires_on=expires)
+        return dataclasses.replace(managed, key_version=newest.key_id, key_version_since=st.now_iso(),
+                                   expires_on=expires)
 
     def _publish(self, obs: Observation, status: api.PolicyStatus, conds: list[dict[str, Any]], state: Any,
                  key_states: list[KeyState]) -> None:
@@ -569,6 +615,8 @@ class Reconciler:
                                  f"AKS: KMS {'on' if state.kms_enabled else 'off'}"
                                  f"{', key ' + planning.short(state.key_id) if state.kms_enabled else ''}, "
                                  f"provisioningState {state.provisioning_state}", generation=gen)
+        if state.managed:
+            return self._managed_conditions(conds, status, state, key_states, gen, expiry_warning)
         healthy, reason, message = key_health(status.keys, key_states, state, _now(), expiry_warning,
                                               encrypted_with=status.encrypted_with)
         conds = st.set_condition(conds, st.KEY_HEALTHY, healthy, reason, message, generation=gen)
@@ -578,6 +626,26 @@ class Reconciler:
             f"every Secret is written under {planning.short(status.encrypted_with)}" if encrypted
             else f"Secrets still need a rewrite toward {planning.short(observed.write_key)}", generation=gen)
         return conds
+
+    @staticmethod
+    def _managed_conditions(conds: list[dict[str, Any]], status: api.PolicyStatus, state: Any,
+                            key_states: list[KeyState], gen: int, expiry_warning: dt.timedelta) -> list[dict[str, Any]]:
+        """KeyHealthy and SecretsEncrypted on the Managed experience: the versions AKS uses (observed in
+        Key Vault) must be usable; re-encryption is AKS's own, proven on demand by spec.verify."""
+        m = status.managed
+        if m.key_version == planning.PLATFORM_KEY or not m.key_version:
+            healthy, reason, message = True, "PlatformManaged", "AKS owns and rotates the platform-managed key"
+        else:
+            # The version AKS writes with as "current", the one before as "previous" (still loaded by AKS).
+            as_used = dataclasses.replace(state, key_id=m.key_version)
+            ledger = api.KeyLedger(previous=api.KeyRecord(key_id=m.previous_key_version))
+            healthy, reason, message = key_health(ledger, key_states, as_used, _now(), expiry_warning)
+        conds = st.set_condition(conds, st.KEY_HEALTHY, healthy, reason, message, generation=gen)
+        verified = planning.managed_key(status.encrypted_with)
+        text = ("AKS re-encrypts Secrets itself on the Managed experience" +
+                (f"; verification pass at {status.verification.verified_at} found none stale" if verified else
+                 "; set spec.verify.requestedAt to prove it"))
+        return st.set_condition(conds, st.SECRETS_ENCRYPTED, True, "ReEncryptedByAks", text, generation=gen)
 
     async def _patch_status(self, status: dict[str, Any], name: str) -> None:
         await self.kube.request("PATCH", f"{POLICIES}/{name}/status", body={"status": status},

@@ -34,6 +34,7 @@ from aks_kms_lab.world import (
     SUBSCRIPTION,
     LabWorld,
     operator_env,
+    platform_key,
     seed_azure,
 )
 
@@ -48,7 +49,8 @@ class AksEnv:
     AKS-sim's (``aks_sim.ApiServerKms``, changeable later on ``self.kms``)."""
 
     def __init__(self, root: Path, *, audit: bool = False, apiservers: int = 1, roll_interval: float = 0.0,
-                 lag_last_seconds: float | None = None, extra_apiserver_args: tuple[str, ...] = ()) -> None:
+                 lag_last_seconds: float | None = None, extra_apiserver_args: tuple[str, ...] = (),
+                 detection_interval: float = 3600.0) -> None:
         self.root = root
         self.config = root / "encryption.yaml"
         write_configuration(self.config, encryption_configuration(KeySlots(), aescbc_provider))
@@ -59,8 +61,10 @@ class AksEnv:
         self.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
         self.fake = FakeAzure(root / "azure").start()
         self.world: LabWorld = seed_azure(self.fake)
+        fake = self.fake
         self.kms = ApiServerKms(self.cp, self.config, aescbc_provider, roll_interval=roll_interval,
-                                lag_last_seconds=lag_last_seconds)
+                                lag_last_seconds=lag_last_seconds, resolve_key=fake.newest_key_version,
+                                platform_key=lambda: platform_key(fake), detection_interval=detection_interval)
         self.fake.on_kms_change = self.kms.on_kms_change
         self.env = {**os.environ, **operator_env(self.fake, self.cp.kubeconfig)}
         self.operator: subprocess.Popen[bytes] | None = None

@@ -75,6 +75,20 @@ INVALID = [
     ("unknown-deletion-policy", {"deletionPolicy": "Delete"}, "spec.deletionPolicy"),
     ("unknown-kms-field", {"kms__keyVersion": VERSION}, "spec.kms.keyVersion"),
     ("unknown-spec-field", {"encryptConfigMaps": True}, "spec.encryptConfigMaps"),
+    # The experience (issue 12): never guessed from keyId; what AKS forbids or would misread is refused.
+    ("managed-with-versioned-key", {"kms__experience": "Managed"}, "spec.kms.keyId must be versionless"),
+    ("platform-key-with-key-id", {"kms__experience": "Managed", "kms__keyManagement": "PlatformManaged",
+                                  "kms__keyId": "https://myvault.vault.azure.net/keys/etcd"},
+     "spec.kms.keyId must be empty when spec.kms.keyManagement is PlatformManaged"),
+    ("platform-key-on-legacy", {"kms__keyManagement": "PlatformManaged", "kms__keyId": DELETE},
+     "spec.kms.keyManagement PlatformManaged needs spec.kms.experience Managed"),
+    ("managed-disabled", {"kms__experience": "Managed", "kms__enabled": False,
+                          "kms__keyId": "https://myvault.vault.azure.net/keys/etcd"},
+     "spec.kms.enabled must be true when spec.kms.experience is Managed"),
+    ("migration-without-managed", {"kms__migration": "Allow"}, "spec.kms.migration Allow needs"),
+    ("follow-latest-on-managed", {"kms__experience": "Managed", "kms__keyId": "https://myvault.vault.azure.net/keys/etcd",
+                                  "rotation__followLatestVersion": True},
+     "spec.rotation.followLatestVersion applies to the legacy experience only"),
 ]
 
 
@@ -112,7 +126,8 @@ def test_every_example_is_accepted(crd_installed, example) -> None:
 
 def test_examples_cover_every_procedure() -> None:
     assert {p.stem for p in EXAMPLES} >= {"enable-public", "enable-private", "rotate", "follow-latest-version",
-                                          "disable"}
+                                          "disable", "managed-platform-key", "managed-customer-key",
+                                          "migrate-to-managed"}
 
 
 def test_defaults_are_applied_by_the_server(crd_installed) -> None:

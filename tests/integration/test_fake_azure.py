@@ -248,8 +248,10 @@ def test_enable_kms_puts_full_object_with_if_match_and_lro_succeeds(
     assert calls == [
         (
             str(cid).lower(),
-            {"enabled": False, "keyId": "", "keyVaultNetworkAccess": "Public", "keyVaultResourceId": ""},
-            {"enabled": True, "keyId": kid, "keyVaultNetworkAccess": "Public", "keyVaultResourceId": ""},
+            {"enabled": False, "keyId": "", "keyVaultNetworkAccess": "Public", "keyVaultResourceId": "",
+             "infrastructureEncryption": ""},
+            {"enabled": True, "keyId": kid, "keyVaultNetworkAccess": "Public", "keyVaultResourceId": "",
+             "infrastructureEncryption": ""},
             "Updating",
         )
     ]

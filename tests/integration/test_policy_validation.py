@@ -56,6 +56,18 @@ CASES = {
     "bad-duration": policy(rotation__expiryWarning="30 days"),
     "bad-deletion-policy": policy(deletionPolicy="Delete"),
     "too-many-resources": policy(rewrite__resources=["secrets", "secrets"]),
+    "good-managed-pmk": policy(kms={"enabled": True, "experience": "Managed", "keyManagement": "PlatformManaged"}),
+    "good-managed-cmk": policy(kms={"enabled": True, "experience": "Managed",
+                                    "keyId": "https://kv1.vault.azure.net/keys/etcd", "migration": "Allow"}),
+    "managed-versioned": policy(kms__experience="Managed"),
+    "pmk-with-key": policy(kms__experience="Managed", kms__keyManagement="PlatformManaged"),
+    "pmk-on-legacy": policy(kms={"enabled": True, "keyManagement": "PlatformManaged"}),
+    "managed-disabled": policy(kms={"enabled": False, "experience": "Managed", "keyManagement": "PlatformManaged"}),
+    "migration-on-legacy": policy(kms__migration="Allow"),
+    "follow-on-managed": policy(kms={"enabled": True, "experience": "Managed",
+                                     "keyId": "https://kv1.vault.azure.net/keys/etcd"},
+                                rotation__followLatestVersion=True),
+    "good-verify-requested": policy(verify__requestedAt="2026-12-01T09:00:00Z"),
 }
 
 
@@ -76,4 +88,5 @@ def test_offline_validation_agrees_with_admission(crd_installed: ControlPlane, c
 
 CEL_CASES = {"versionless", "not-a-key-url", "private-without-vault", "public-with-vault", "bad-vault-id",
              "enabled-without-key", "bad-subscription", "empty-name", "concurrency-0", "negative-rate",
-             "bad-duration"}
+             "bad-duration", "managed-versioned", "pmk-with-key", "pmk-on-legacy", "managed-disabled",
+             "migration-on-legacy", "follow-on-managed"}

@@ -62,7 +62,7 @@ def test_enabled_without_key() -> None:
     obj = copy.deepcopy(GOOD)
     del obj["spec"]["kms"]["keyId"]
     assert messages(obj) == ["spec.kms.keyId is required when spec.kms.enabled is true: set it to the Key Vault "
-                             "key URL"]
+                             "key URL (or, on experience Managed, set keyManagement: PlatformManaged)"]
 
 
 def test_missing_cluster_is_required() -> None:

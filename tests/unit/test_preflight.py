@@ -162,7 +162,9 @@ def test_reason_is_triggered_alone_with_its_severity_and_fix(
 
 
 def test_every_reason_code_is_covered() -> None:
-    covered = {t[0] for t in TRIGGERED}
+    from .test_managed_experience import MANAGED_TRIGGERED
+
+    covered = {t[0] for t in TRIGGERED} | {t[0] for t in MANAGED_TRIGGERED}
     assert {r.value for r in Reason} - covered == {"KmsV1"}  # KmsV1 is the planner's report
 
 

@@ -40,6 +40,12 @@ keyVaultNetworkAccess changed while KMS stays enabled     InvalidParameter*
 Private without API server VNet integration               InvalidParameter*
 versionless keyId without kubernetesResourceObject-        InvalidParameter*
 EncryptionProfile.infrastructureEncryption=Enabled
+infrastructureEncryption with api-version < 2026-07-01     InvalidParameter*
+Managed: Kubernetes < 1.33; legacy source on KMS v1;      InvalidParameter*
+versioned keyId with infrastructureEncryption Enabled
+Managed: disable, Public<->Private, back to a versioned   OperationNotAllowed*
+key (irreversible)
+Managed CMK: identity without Key Vault Reader            AzureKeyVaultKmsValidateIdentityPermissionCustomerError
 vault unknown, in another tenant, or not the vault named  InvalidParameter*
 by keyVaultResourceId; key version not found
 non-RSA key, key_ops without encrypt+decrypt, identity    AzureKeyVaultKmsValidateIdentityPermissionCustomerError
@@ -52,6 +58,8 @@ plugin first uses the key, or while it builds the private link):
 
 * key version disabled, expired or not yet valid → ``KeyDisabled`` / ``KeyExpired`` ("Operation
   encrypt is not allowed on an expired key") / ``KeyNotYetValid``;
+* Managed CMK while the vault's firewall blocks traffic without the trusted-services bypass →
+  ``InternalOperationError``*;
 * Public access while the vault's firewall blocks public traffic (public network access Disabled, or
   default action Deny without the AzureServices bypass) → ``InternalOperationError``*;
 * Private access while the identity lacks ``Microsoft.KeyVault/vaults/write`` on the vault (Key
@@ -177,6 +185,89 @@ def _not_found(kind: str, name: str, rg: str) -> ApiError:
 
 def _invalid(message: str) -> ApiError:
     return ApiError(400, "InvalidParameter", message)
+
+
+MANAGED_API_VERSION = "2026-07-01"  # first API version with kubernetesResourceObjectEncryptionProfile
+MANAGED_MINIMUM = (1, 33)
+KMS_V2_MINIMUM = (1, 27)  # below, an enabled legacy KMS is KMS v1
+# Key Vault Reader (actions Microsoft.KeyVault/vaults/*/read): management-plane read of the vault's keys, which
+# the Managed experience needs to find new key versions; Key Vault Crypto User has data actions only.
+VAULT_READ = "Microsoft.KeyVault/vaults/keys/read"
+
+
+def infrastructure_encryption(obj: dict[str, Any]) -> str:
+    """securityProfile.kubernetesResourceObjectEncryptionProfile.infrastructureEncryption ('' when absent)."""
+    sp = (obj.get("properties") or {}).get("securityProfile") or {}
+    return str((sp.get("kubernetesResourceObjectEncryptionProfile") or {}).get("infrastructureEncryption") or "")
+
+
+def kms_view(obj: dict[str, Any]) -> dict[str, Any]:
+    """The KMS block plus the experience: what the lab's AKS acts on when either changes."""
+    return {**kms_block(obj), "infrastructureEncryption": infrastructure_encryption(obj)}
+
+
+def _minor(obj: dict[str, Any]) -> tuple[int, int]:
+    props = obj.get("properties") or {}
+    nums = re.findall(r"\d+", str(props.get("currentKubernetesVersion") or props.get("kubernetesVersion") or ""))
+    return (int(nums[0]), int(nums[1])) if len(nums) >= 2 else (0, 0)
+
+
+def validate_managed(state: FakeState, old_obj: dict[str, Any], new_obj: dict[str, Any],
+                     api_version: str) -> tuple[str, str] | None:
+    """AKS's rules for KMS data encryption (the Managed experience), before the legacy KMS validation.
+
+    Irreversible: once ``infrastructureEncryption`` is Enabled it cannot be Disabled, the cluster cannot go
+    back to a versioned (legacy) key, and keyVaultNetworkAccess cannot change. Turning it on needs
+    Kubernetes 1.33+, and a legacy source must be KMS v2. Returns an asynchronous failure or None.
+    """
+    old_infra, new_infra = infrastructure_encryption(old_obj), infrastructure_encryption(new_obj)
+    if new_infra and api_version < MANAGED_API_VERSION:
+        raise _invalid(f"kubernetesResourceObjectEncryptionProfile is not supported in api-version {api_version}; "
+                       f"use {MANAGED_API_VERSION} or later.")
+    if new_infra not in ("", "Enabled", "Disabled"):
+        raise _invalid(f"infrastructureEncryption {new_infra!r} is invalid; supported values are 'Enabled' and "
+                       "'Disabled'.")
+    old_kms, new_kms = kms_block(old_obj), kms_block(new_obj)
+    if old_infra == "Enabled":
+        if new_infra != "Enabled":
+            raise ApiError(400, "OperationNotAllowed", "KMS data encryption (kubernetesResourceObjectEncryption"
+                           "Profile.infrastructureEncryption) cannot be disabled once it is Enabled.")
+        if old_kms["enabled"] and new_kms["enabled"] and (
+                old_kms["keyVaultNetworkAccess"] != new_kms["keyVaultNetworkAccess"]):
+            raise ApiError(400, "OperationNotAllowed", "Changing keyVaultNetworkAccess from "
+                           f"{old_kms['keyVaultNetworkAccess']} to {new_kms['keyVaultNetworkAccess']} is not "
+                           "supported with KMS data encryption.")
+    if new_infra != "Enabled":
+        return None
+    if new_kms["enabled"] and re.search(r"/keys/[A-Za-z0-9-]+/[0-9A-Fa-f]{32}/?$", new_kms["keyId"]):
+        raise ApiError(400, "OperationNotAllowed" if old_infra == "Enabled" else "InvalidParameter",
+                       "A versioned keyId selects the legacy Azure Key Vault KMS experience and cannot be combined "
+                       "with kubernetesResourceObjectEncryptionProfile.infrastructureEncryption Enabled; use the "
+                       "versionless key ID.")
+    if old_infra != "Enabled":
+        if old_kms["enabled"] and _minor(old_obj) < KMS_V2_MINIMUM:
+            raise _invalid("Migration to KMS data encryption is supported from KMS v2 only; this cluster uses "
+                           "KMS v1. Upgrade to KMS v2 first.")
+        if _minor(new_obj) < MANAGED_MINIMUM:
+            raise _invalid("KMS data encryption requires Kubernetes version 1.33.0 or later.")
+        ident_type = (new_obj.get("identity") or {}).get("type", "None")
+        if ident_type not in ("UserAssigned", "SystemAssigned"):
+            raise _invalid("KMS data encryption requires a managed identity cluster.")
+    if not new_kms["enabled"]:
+        return None  # platform-managed key
+    vault_name = keyvault.vault_name_of(urlsplit(new_kms["keyId"]).hostname or "")
+    vault = state.vault(vault_name) if vault_name else None
+    principal = _principal(state, new_obj)
+    if vault is not None and principal is not None:
+        grants = state.grants_for(principal, vault.resource_id)
+        if vault.rbac and not any(g.role.allows_action(VAULT_READ) for g in grants):
+            raise ApiError(400, PERMISSION_CODE, f"The identity needs the 'Key Vault Reader' role on key vault "
+                           f"{vault.name} for KMS data encryption with a customer-managed key.")
+        if vault.public_network_access == "Disabled" or (
+                vault.default_action == "Deny" and "azureservices" not in vault.bypass.lower()):
+            return ("InternalOperationError", f"KMS data encryption cannot reach key vault {vault.name}: its "
+                    "firewall must allow trusted Azure services (--bypass AzureServices).")
+    return None
 
 
 def kms_block(obj: dict[str, Any]) -> dict[str, Any]:
@@ -409,7 +500,9 @@ def validate_kms(state: FakeState, old_obj: dict[str, Any], new_obj: dict[str, A
             "new network access."
         )
     props = new_obj.get("properties") or {}
-    if access == "Private" and not (props.get("apiServerAccessProfile") or {}).get("enableVnetIntegration"):
+    managed = infrastructure_encryption(new_obj) == "Enabled"  # trusted-services bypass, not VNet integration
+    if access == "Private" and not managed and not (props.get("apiServerAccessProfile") or {}).get(
+            "enableVnetIntegration"):
         raise _invalid("API Server VNet Integration is required when KeyVault network access is Private.")
     parts = urlsplit(key_id)
     m = re.fullmatch(r"/keys/([A-Za-z0-9-]{1,127})(?:/([0-9A-Fa-f]{32}))?/?", parts.path)
@@ -458,6 +551,8 @@ def validate_kms(state: FakeState, old_obj: dict[str, Any], new_obj: dict[str, A
     problem = keyvault.refusal(key, "encrypt", now_utc())
     if problem is not None:
         return (problem.inner_code or problem.code, problem.message.rstrip("."))
+    if managed:
+        return None  # validate_managed checked the firewall
     if access == "Public" and (
         vault.public_network_access == "Disabled"
         or (vault.default_action == "Deny" and "azureservices" not in vault.bypass.lower())
@@ -590,12 +685,14 @@ def put_cluster(
     merged = _merge(existing, body)
     for owned in ("id", "name", "type", "location"):
         merged[owned] = existing[owned]
-    old_kms, new_kms = kms_block(existing), kms_block(merged)
+    old_kms, new_kms = kms_view(existing), kms_view(merged)
+    api_version = request.query.get("api-version", "2026-08-01")
     failure: tuple[str, str] | None = None
     if old_kms != new_kms:
-        failure = validate_kms(state, existing, merged)
+        failure = validate_managed(state, existing, merged, api_version)
+        failure = validate_kms(state, existing, merged) or failure
         sp = merged["properties"].setdefault("securityProfile", {})
-        sp["azureKeyVaultKms"] = new_kms
+        sp["azureKeyVaultKms"] = kms_block(merged)
     after_apply: tuple[str, str] | None = None
     if failure is None and state.lro.fail_times > 0 and state.lro.fail_with is not None:
         if state.lro.fail_after_apply:
@@ -613,7 +710,6 @@ def put_cluster(
     state.operations[op.id] = op
     state.busy[key] = op.id
     launch(LroPlan(op, old_kms, new_kms, failure, after_apply))
-    api_version = request.query.get("api-version", "2026-08-01")
     resp = _cluster_response(merged, 200)
     resp.headers["Retry-After"] = RETRY_AFTER
     resp.headers["Azure-AsyncOperation"] = (
@@ -625,7 +721,8 @@ def put_cluster(
         "ifMatch": if_match,
         "changed": changed,
         "dropped": dropped,
-        "kms": new_kms,
+        "kms": kms_block(merged),
+        "infrastructureEncryption": new_kms["infrastructureEncryption"],
         "operation": op.id,
     }
     return resp

@@ -367,8 +367,10 @@ class FakeAzure:
         api_server_vnet_integration: bool = False,
         location: str = "westeurope",
         kms: dict[str, Any] | None = None,
+        infrastructure_encryption: str = "",
     ) -> dict[str, Any]:
-        """Seed a managed cluster in state Succeeded. A missing user-assigned identity is created."""
+        """Seed a managed cluster in state Succeeded. A missing user-assigned identity is created.
+        ``infrastructure_encryption="Enabled"`` seeds it on the Managed KMS experience."""
         with self._state.lock:
             self._state.ensure_group(subscription_id, resource_group, location)
             if identity_type == "UserAssigned":
@@ -391,6 +393,9 @@ class FakeAzure:
             )
             if kms is not None:
                 obj["properties"]["securityProfile"]["azureKeyVaultKms"] = {**arm.KMS_DEFAULTS, **kms}
+            if infrastructure_encryption:
+                obj["properties"]["securityProfile"]["kubernetesResourceObjectEncryptionProfile"] = {
+                    "infrastructureEncryption": infrastructure_encryption}
             self._state.clusters[cluster_key(subscription_id, resource_group, name)] = obj
             return json.loads(json.dumps(obj))
 
@@ -474,6 +479,19 @@ class FakeAzure:
                 not_before=not_before,
             )
             return key.kid
+
+    def newest_key_version(self, key_url: str) -> str | None:
+        """The newest enabled, valid version of the key a (versionless) URL names: the one AKS's Managed
+        experience encrypts with once it has detected it. None when there is none."""
+        m = re.fullmatch(r"https://([^./]+)\.[^/]+/keys/([A-Za-z0-9-]+)(?:/[0-9A-Fa-f]{32})?/?", key_url.strip())
+        if not m:
+            return None
+        now = now_utc()
+        with self._state.lock:
+            usable = [k for k in self._state.key_versions(m[1], m[2])
+                      if k.enabled and (k.expires_on is None or k.expires_on > now)
+                      and (k.not_before is None or k.not_before <= now)]
+            return usable[-1].kid if usable else None
 
     def new_key_version(self, vault_name: str, key_name: str, **kwargs: Any) -> str:
         """A new version with the same type and operations as the latest one, unless given."""

@@ -109,8 +109,9 @@ class ClusterRef:
 @dataclass(frozen=True)
 @object_rules(
     Rule(
-        rule="!self.enabled || self.keyId != ''",
-        message="spec.kms.keyId is required when spec.kms.enabled is true: set it to the Key Vault key URL",
+        rule="!self.enabled || self.keyManagement == 'PlatformManaged' || self.keyId != ''",
+        message="spec.kms.keyId is required when spec.kms.enabled is true: set it to the Key Vault key URL "
+        "(or, on experience Managed, set keyManagement: PlatformManaged)",
         field_path=".keyId",
         reason="FieldValueRequired",
     ),
@@ -128,12 +129,79 @@ class ClusterRef:
         field_path=".keyVaultResourceId",
         reason="FieldValueForbidden",
     ),
+    # The new experience: which experience is never inferred from the shape of keyId (AKS does that
+    # from API 2026-07-01 on, and a versionless key in a legacy policy must not flip a cluster).
+    Rule(
+        rule="self.experience != 'Legacy' || self.keyManagement == 'CustomerManaged'",
+        message="spec.kms.keyManagement PlatformManaged needs spec.kms.experience Managed: the legacy experience "
+        "always encrypts with your Key Vault key; set experience: Managed (irreversible) or keyManagement: "
+        "CustomerManaged",
+        field_path=".keyManagement",
+        reason="FieldValueInvalid",
+    ),
+    Rule(
+        rule="self.experience != 'Managed' || self.enabled",
+        message="spec.kms.enabled must be true when spec.kms.experience is Managed: AKS forbids disabling the "
+        "Managed (KMS data encryption) experience once it is on; set enabled: true",
+        field_path=".enabled",
+        reason="FieldValueInvalid",
+    ),
+    Rule(
+        rule="self.keyManagement != 'PlatformManaged' || (self.keyId == '' && self.keyVaultResourceId == '' "
+        "&& self.keyVaultNetworkAccess == 'Public')",
+        message="spec.kms.keyId must be empty when spec.kms.keyManagement is PlatformManaged: AKS creates and "
+        "rotates the key itself; remove keyId, keyVaultResourceId and keyVaultNetworkAccess, or set keyManagement: "
+        "CustomerManaged",
+        field_path=".keyId",
+        reason="FieldValueForbidden",
+    ),
+    Rule(
+        rule="self.experience != 'Managed' || self.keyId == '' || "
+        f"!self.keyId.matches(r'{VERSIONED_KEY_PATTERN}')",
+        message="spec.kms.keyId must be versionless (https://<vault>.vault.azure.net/keys/<name>) when "
+        "spec.kms.experience is Managed: AKS follows new key versions itself, and a versioned keyId means the "
+        "legacy experience to AKS; drop the /<version> segment",
+        field_path=".keyId",
+        reason="FieldValueInvalid",
+    ),
+    Rule(
+        rule="self.experience == 'Managed' || self.migration != 'Allow'",
+        message="spec.kms.migration Allow needs spec.kms.experience Managed: it allows the one-way move of a "
+        "legacy cluster to the Managed experience; remove migration or set experience: Managed",
+        field_path=".migration",
+        reason="FieldValueInvalid",
+    ),
 )
 class KmsSpec:
-    """The KMS configuration AKS should have (securityProfile.azureKeyVaultKms)."""
+    """The KMS configuration AKS should have (securityProfile.azureKeyVaultKms and, for the Managed
+    experience, securityProfile.kubernetesResourceObjectEncryptionProfile)."""
 
-    enabled: bool = spec_field("enabled", "Whether AKS encrypts Secrets in etcd with the Key Vault key.",
-                               default=False)
+    enabled: bool = spec_field("enabled", "Whether AKS encrypts Secrets in etcd with a KMS key. Must be true "
+                               "with experience Managed (AKS cannot turn it off).", default=False)
+    experience: str = spec_field(
+        "experience",
+        "Legacy: azureKeyVaultKms with a versioned key; the operator rotates and re-encrypts Secrets. Managed: "
+        "KMS data encryption (kubernetesResourceObjectEncryptionProfile.infrastructureEncryption Enabled, "
+        "Kubernetes 1.33+, API 2026-07-01+); AKS rotates and re-encrypts by itself. Managed cannot be undone: "
+        "moving a legacy cluster there also needs migration: Allow.",
+        default="Legacy",
+        enum=("Legacy", "Managed"),
+    )
+    key_management: str = spec_field(
+        "keyManagement",
+        "CustomerManaged: your Key Vault key (keyId). PlatformManaged (experience Managed only): AKS creates, "
+        "stores and rotates the key; no keyId.",
+        default="CustomerManaged",
+        enum=("CustomerManaged", "PlatformManaged"),
+    )
+    migration: str = spec_field(
+        "migration",
+        "Allow: the operator may move a cluster that AKS reports on the legacy experience to the Managed one "
+        "(one ARM write; AKS rewrites the Secrets; there is no way back). Forbid (default): such a cluster stays "
+        "Blocked with MigrationNotAllowed.",
+        default="Forbid",
+        enum=("Forbid", "Allow"),
+    )
     key_id: str = spec_field(
         "keyId",
         "Key Vault or Managed HSM key URL. Versioned (…/keys/<name>/<version>) unless "
@@ -151,8 +219,9 @@ class KmsSpec:
     )
     key_vault_network_access: str = spec_field(
         "keyVaultNetworkAccess",
-        "Public: the vault is reached over its public endpoint. Private: private link; needs "
-        "keyVaultResourceId and API server VNet integration.",
+        "Public: the vault is reached over its public endpoint. Private: needs keyVaultResourceId; legacy: "
+        "private link and API server VNet integration; Managed: the vault firewall's trusted-services bypass. "
+        "Cannot change on the Managed experience (AKS forbids it).",
         default="Public",
         enum=("Public", "Private"),
     )
@@ -193,7 +262,9 @@ class RotationSpec:
 
     follow_latest_version: bool = spec_field(
         "followLatestVersion",
-        "When true, keyId may be versionless and AKS is rolled to the newest enabled version.",
+        "Legacy experience only. When true, keyId may be versionless: the operator resolves the newest enabled "
+        "version and sends AKS that versioned key (never the versionless one, which AKS would read as the "
+        "Managed experience), then re-encrypts.",
         default=False,
     )
     check_interval: str = _duration("spec.rotation.checkInterval", "1h",
@@ -247,13 +318,32 @@ class RewriteSpec:
 
 
 @dataclass(frozen=True)
+class VerifySpec:
+    """On-demand verification pass (design.md invariant 10) for clusters whose Secrets AKS rewrites itself."""
+
+    requested_at: str = spec_field(
+        "requestedAt",
+        "Set to any new value (a timestamp, by convention) to run one verification pass: a no-op write to every "
+        "Secret that must come back unchanged. status.verification.requestedAt echoes the value handled.",
+        default="",
+        max_length=64,
+    )
+
+
+@dataclass(frozen=True)
 @object_rules(
     Rule(
-        rule="!self.kms.enabled || self.kms.keyId == '' || self.rotation.followLatestVersion || "
-        f"self.kms.keyId.matches(r'{VERSIONED_KEY_PATTERN}')",
+        rule="self.kms.experience != 'Legacy' || !self.kms.enabled || self.kms.keyId == '' || "
+        f"self.rotation.followLatestVersion || self.kms.keyId.matches(r'{VERSIONED_KEY_PATTERN}')",
         message="spec.kms.keyId must name a key version (…/keys/<name>/<32-hex version>) unless "
         "spec.rotation.followLatestVersion is true",
         field_path=".kms.keyId",
+    ),
+    Rule(
+        rule="self.kms.experience != 'Managed' || !self.rotation.followLatestVersion",
+        message="spec.rotation.followLatestVersion applies to the legacy experience only: with spec.kms.experience "
+        "Managed AKS picks up new key versions itself; remove followLatestVersion",
+        field_path=".rotation.followLatestVersion",
     ),
 )
 class PolicySpec:
@@ -278,6 +368,7 @@ class PolicySpec:
     rotation: RotationSpec = spec_field("rotation", "Key version following and expiry warnings.",
                                         default_factory=RotationSpec)
     rewrite: RewriteSpec = spec_field("rewrite", "Secret re-encryption settings.", default_factory=RewriteSpec)
+    verify: VerifySpec = spec_field("verify", "Run the verification pass on demand.", default_factory=VerifySpec)
     deletion_policy: str = spec_field(
         "deletionPolicy",
         "Retain: deleting the policy leaves AKS as it is. Disable: disable KMS and rewrite first.",
@@ -319,6 +410,13 @@ class ObservedCluster:
     kubernetes_version: str = spec_field("kubernetesVersion", "Control plane version.", default="",
                                          max_length=32)
     identity_type: str = spec_field("identityType", "Cluster identity type.", default="", max_length=64)
+    experience: str = spec_field(
+        "experience", "The KMS experience AKS reports: None, Legacy (azureKeyVaultKms with a versioned key) or "
+        "Managed (kubernetesResourceObjectEncryptionProfile.infrastructureEncryption Enabled).", default="",
+        max_length=16)
+    key_management: str = spec_field(
+        "keyManagement", "On the Managed experience: PlatformManaged (no azureKeyVaultKms) or CustomerManaged.",
+        default="", max_length=32)
     observed_at: str = spec_field("observedAt", "When this was read.", default="", max_length=64)
 
 
@@ -433,6 +531,29 @@ class VerificationStatus(RewriteStatus):
                                    max_length=64)
     verified_at: str = spec_field("verifiedAt", "When a pass re-encrypted zero Secrets.", default="",
                                   max_length=64)
+    requested_at: str = spec_field("requestedAt", "Echo of spec.verify.requestedAt once its pass finished.",
+                                   default="", max_length=64)
+
+
+@dataclass(frozen=True)
+class ManagedKeyStatus:
+    """Day 2 on the Managed experience: AKS rotates by itself and reports nothing about it (no ARM field),
+    so the operator observes Key Vault: the version AKS picks up (the newest enabled one) and since when."""
+
+    key_version: str = spec_field(
+        "keyVersion", "Newest enabled version of the customer-managed key: the one AKS encrypts with once it has "
+        "picked it up (AKS checks about every 6 hours).", default="", max_length=512)
+    key_version_since: str = spec_field("keyVersionSince", "When the operator first saw keyVersion.", default="",
+                                        max_length=64)
+    previous_key_version: str = spec_field(
+        "previousKeyVersion", "The version before keyVersion: keep it enabled until AKS re-encrypted (verify).",
+        default="", max_length=512)
+    expires_on: str = spec_field("expiresOn", "Key Vault expiry of keyVersion, if any.", default="",
+                                 max_length=64)
+    migrated_at: str = spec_field("migratedAt", "When the operator moved this cluster from legacy.", default="",
+                                  max_length=64)
+    migrated_from: str = spec_field("migratedFrom", "The legacy key the cluster used before the migration.",
+                                    default="", max_length=512)
 
 
 @dataclass(frozen=True)
@@ -456,6 +577,8 @@ class PolicyStatus:
     verification: VerificationStatus = spec_field(
         "verification", "Verification passes after the rewrite: encryptedWith moves only after one "
         "re-encrypted zero Secrets.", default_factory=VerificationStatus)
+    managed: ManagedKeyStatus = spec_field("managed", "Key versions on the Managed experience.",
+                                           default_factory=ManagedKeyStatus)
     encrypted_with: str = spec_field(
         "encryptedWith", "Every Secret is confirmed written under this key ('identity' when disabled): a "
         "verification pass re-encrypted none.",

@@ -89,7 +89,15 @@ def cluster_state(raw: dict[str, Any]) -> ClusterState:
         api_server_vnet_integration=bool((props.get("apiServerAccessProfile") or {}).get("enableVnetIntegration")),
         e_tag=raw.get("eTag") or "",
         location=raw.get("location") or "",
+        infrastructure_encryption=str(
+            ((props.get("securityProfile") or {}).get("kubernetesResourceObjectEncryptionProfile") or {}).get(
+                "infrastructureEncryption") or ""),
     )
+
+
+# The first ARM API version whose managedClusters schema carries kubernetesResourceObjectEncryptionProfile
+# and reads a versionless keyId as the Managed experience (reference aks-arm-api.md 2).
+MANAGED_EXPERIENCE_API_VERSION = "2026-07-01"
 
 
 def kms_body(
@@ -133,6 +141,10 @@ class SdkManagedClusters:
             self._clients[subscription_id] = client
         return client
 
+    def api_version(self, subscription_id: str) -> str:
+        """The managedClusters API version this SDK sends (preflight's ApiVersionTooOld reads it)."""
+        return str(getattr(self._client(subscription_id)._config, "api_version", "") or "")
+
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
@@ -159,7 +171,15 @@ class SdkManagedClusters:
         key_id: str = "",
         network_access: str = "Public",
         vault_resource_id: str = "",
+        managed: bool = False,
     ) -> OperationHandle:
+        """PUT the cluster with the KMS block changed; ``managed`` also sets
+        ``kubernetesResourceObjectEncryptionProfile.infrastructureEncryption: Enabled`` (the Managed
+        experience: with ``enabled`` a customer-managed versionless key, without it the platform key)."""
+        if managed and self.api_version(snapshot.id.subscription_id) < MANAGED_EXPERIENCE_API_VERSION:
+            raise ValueError(f"the Managed KMS experience needs ARM API {MANAGED_EXPERIENCE_API_VERSION} or later; "
+                             f"this SDK speaks {self.api_version(snapshot.id.subscription_id)}: "
+                             "pip install 'azure-mgmt-containerservice>=41.7.0'")
         if snapshot.state.provisioning_state not in TERMINAL_PROVISIONING_STATES:
             # Invariant 2: AKS rejects it anyway, and each refused PUT still costs write quota.
             raise AzureConflict(
@@ -176,6 +196,8 @@ class SdkManagedClusters:
             network_access=network_access,
             vault_resource_id=vault_resource_id,
         )
+        if managed:
+            security["kubernetesResourceObjectEncryptionProfile"] = {"infrastructureEncryption": "Enabled"}
         ops = self._client(snapshot.id.subscription_id).managed_clusters
         started = dt.datetime.now(dt.UTC)
         start = _StartOnly(timeout=self._settings.lro_polling_interval)

@@ -82,12 +82,20 @@ class ManagedClusters(Protocol):
         key_id: str = "",
         network_access: str = "Public",
         vault_resource_id: str = "",
+        managed: bool = False,
     ) -> OperationHandle:
         """PUT ``snapshot.raw`` with only the KMS block changed, If-Match ``snapshot.e_tag``.
+
+        ``managed`` also sets ``kubernetesResourceObjectEncryptionProfile.infrastructureEncryption:
+        Enabled`` (the Managed experience; irreversible on AKS).
 
         Refuses (AzureConflict, nothing sent) when the snapshot is not in a terminal provisioning
         state. 412/409 → AzureConflict: read again. Does not wait for the operation.
         """
+        ...
+
+    def api_version(self, subscription_id: str) -> str:
+        """The managedClusters ARM API version the client sends."""
         ...
 
     def poll(self, operation: OperationHandle) -> OperationResult:
