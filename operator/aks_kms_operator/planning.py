@@ -674,6 +674,28 @@ def _outcome(step: Step, steps: tuple[PlannedStep, ...], finding: Finding, delay
                     "Blocked" if step is Step.BLOCKED else ("Deleting" if deleting else "Pending"), (), False, desired)
 
 
+def key_switch_unproven(reason: str, message: str, spec: PolicySpec, cluster: ClusterState | None,
+                        retry: float) -> Decision:
+    """Blocked after the key-switch probes gave no proof (design.md 2.4), with the fix that fits.
+
+    When AKS ended its operation ``Failed`` after recording the new key in the model, some API server
+    replicas may never have been rolled onto it: the probes cannot agree, and probing again changes nothing.
+    The remedy is AKS's own reconcile (``az aks update`` without arguments re-runs the operation with the
+    same key, so no third key enters the slots); the operator does not send it itself, because invariant 2
+    allows one ARM write per plan step and the failure's cause (quota, policy, a broken vault) needs a human.
+    """
+    if cluster is not None and cluster.provisioning_state == "Failed":
+        return Decision(Step.BLOCKED, (), reason,
+                        f"{message}; AKS ended its operation in Failed after recording the key, so API servers it "
+                        "did not roll may still write with the old key",
+                        f"read the error in the cluster's activity log and fix its cause, then run az aks update -g "
+                        f"{spec.cluster.resource_group} -n {spec.cluster.name} (no arguments: AKS re-runs the roll "
+                        "with the same key); the operator probes again", retry, "WaitingForKeySwitch")
+    return Decision(Step.BLOCKED, (), reason, message,
+                    "check the API server's KMS plugin health (kubectl get --raw /readyz?verbose); "
+                    "the operator probes again", retry, "WaitingForKeySwitch")
+
+
 def describe(decision: Decision) -> str:
     """One line for status.message: what happens now, the rest of the plan, and the fix if stalled."""
     text = decision.message

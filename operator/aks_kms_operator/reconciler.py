@@ -212,9 +212,9 @@ class Reconciler:
             status = obs.status
         except KeySwitchNotProven as err:
             error = type(err).__name__
-            decision = Decision(Step.BLOCKED, (), err.reason, str(err),
-                                "check the API server's KMS plugin health (kubectl get --raw /readyz?verbose); "
-                                "the operator probes again", self.settings.error_retry, "WaitingForKeySwitch")
+            decision = planning.key_switch_unproven(err.reason, str(err), obs.spec,
+                                                    obs.snapshot.state if obs.snapshot else None,
+                                                    self.settings.error_retry)
             status = obs.status
         except RewriteIncomplete as err:
             error = type(err).__name__

@@ -30,6 +30,7 @@ from aks_kms_operator.planning import (
     describe,
     desired_config,
     key_record,
+    key_switch_unproven,
     ledger_after_rewrite,
     ledger_after_write,
     newest_version,
@@ -804,3 +805,23 @@ def test_parse_duration_rejects(text: str) -> None:
 def test_ready_delay_follows_check_interval() -> None:
     s = dataclasses.replace(spec(True, KA), rotation=RotationSpec(check_interval="15m"))
     assert plan_next_step(s, cluster(True, KA), status(KA)).delay == 900
+
+
+# ------------------------------------------------------------------ key switch without proof
+
+
+def test_unproven_switch_after_failed_operation_says_how_to_redrive_aks() -> None:
+    """AKS recorded the key but ended Failed: probing again cannot help, AKS's reconcile can."""
+    d = key_switch_unproven("KeySwitchTimeout", "no agreement in 900s", spec(True, KB),
+                            cluster(True, KB, state="Failed"), 30.0)
+    assert (d.next_step, d.reason, d.phase) == (Step.BLOCKED, "KeySwitchTimeout", "WaitingForKeySwitch")
+    assert "Failed after recording the key" in d.message
+    assert "az aks update -g rg -n aks" in d.fix
+    assert not d.writes  # invariant 2: the operator does not re-PUT on its own
+
+
+def test_unproven_switch_on_a_succeeded_cluster_points_at_the_kms_plugin() -> None:
+    d = key_switch_unproven("KeySwitchTimeout", "no agreement in 900s", spec(True, KB), cluster(True, KB), 30.0)
+    assert d.message == "no agreement in 900s"
+    assert "readyz" in d.fix and "az aks update" not in d.fix
+    assert key_switch_unproven("CanaryGone", "gone", spec(), None, 30.0).fix == d.fix
