@@ -1,17 +1,22 @@
-"""Two labs, one after the other, in one process (as the e2e and chaos suites run them).
+"""Two labs in one process, one after the other and both alive at once (as the e2e and chaos suites run them).
 
-Each lab's fake Azure is a new tenant behind the same vault host names. azure-keyvault caches every
-vault's challenge (tenant included) process-wide, so without ``LabRuntime.start`` forgetting them the
-second lab's KMS plugins ask for tokens of the first lab's tenant and stay unhealthy for good: the chaos
-suite's second run stalled in KeySwitchTimeout that way.
+Every lab's fake Azure serves the same vault host names. azure-keyvault caches every vault's challenge
+(tenant included) process-wide, so a lab whose plugins were handed another lab's challenge would ask for
+tokens of a tenant its own Entra ID does not know, and stay unhealthy for good: the chaos suite's second
+run stalled in KeySwitchTimeout that way, and so did the Managed e2e module, whose second lab started
+while its first one's plugins were still probing their keys. Every lab is therefore the one tenant
+``world.TENANT_ID`` (as a real vault host belongs to one tenant), and a new lab forgets the challenges
+left by bare fakes of other tenants.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from aks_kms_lab.fake_azure import FakeAzure
 from aks_kms_lab.kmsv2 import KeyVaultWrapper
 from aks_kms_lab.lab import LabRuntime
+from aks_kms_lab.world import operator_env, seed_azure
 
 
 def _wrap_once(runtime: LabRuntime) -> None:
@@ -24,15 +29,34 @@ def _wrap_once(runtime: LabRuntime) -> None:
 
 
 def test_second_lab_in_one_process_reaches_its_own_key_vault(tmp_path: Path) -> None:
+    other = FakeAzure(tmp_path / "bare").start()  # a tenant of its own, as integration tests start them
+    try:
+        world = seed_azure(other)
+        env = operator_env(other, tmp_path / "kubeconfig")
+        wrapper = KeyVaultWrapper.from_env(world.key_versions[0], env)
+        try:
+            assert wrapper.wrap(b"\x00" * 32).ciphertext  # the bare fake's challenge is now cached
+        finally:
+            wrapper.close()
+    finally:
+        other.stop()
+    lab = LabRuntime(tmp_path / "lab").start()
+    try:
+        assert lab.fake.tenant_id != other.tenant_id
+        _wrap_once(lab)
+    finally:
+        lab.stop()
+
+
+def test_two_labs_alive_at_once_each_reach_their_own_key_vault(tmp_path: Path) -> None:
     first = LabRuntime(tmp_path / "first").start()
     try:
-        first_tenant = first.fake.tenant_id
-        _wrap_once(first)  # the challenge naming the first lab's tenant is now cached
+        second = LabRuntime(tmp_path / "second").start()
+        try:
+            for _ in range(2):  # each wrap refreshes the process-wide challenge for the other's host names
+                _wrap_once(first)
+                _wrap_once(second)
+        finally:
+            second.stop()
     finally:
         first.stop()
-    second = LabRuntime(tmp_path / "second").start()
-    try:
-        assert second.fake.tenant_id != first_tenant
-        _wrap_once(second)
-    finally:
-        second.stop()

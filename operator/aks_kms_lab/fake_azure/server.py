@@ -233,14 +233,15 @@ class FakeAzure:
     """Entra ID, ARM (AKS, Key Vault, identities, RBAC) and Key Vault keys on one HTTPS port.
 
     ``state_dir`` receives ``ca.pem`` and ``writes.jsonl`` (a temporary directory, removed on
-    :meth:`stop`, when None). All helper methods are thread-safe and may be called while serving.
+    :meth:`stop`, when None). ``tenant_id`` is the directory's tenant (a new one when None). All helper
+    methods are thread-safe and may be called while serving.
     """
 
-    def __init__(self, state_dir: Path | None = None) -> None:
+    def __init__(self, state_dir: Path | None = None, *, tenant_id: str | None = None) -> None:
         self._owns_dir = state_dir is None
         self.state_dir = Path(tempfile.mkdtemp(prefix="fake-azure-")) if state_dir is None else Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.tenant_id = str(uuid.uuid4())
+        self.tenant_id = tenant_id or str(uuid.uuid4())
         self.client_id = str(uuid.uuid4())
         self.client_secret = f"fake~{uuid.uuid4().hex}"
         self.principal_id = str(uuid.uuid4())  # the app's service principal object ID
