@@ -53,3 +53,10 @@ def test_markdown_table() -> None:
 def test_results_name() -> None:
     assert results_name("2026-11-29", [1000, 10000]) == "2026-11-29-1000-10000.json"
     assert results_name("2026-12-01", ["3000", "20000@5000"]) == "2026-12-01-3000-20000at5000.json"
+
+
+def test_apf_seats_are_sized_to_the_cores() -> None:
+    from benchmarks.rewrite import seats_for_cores
+
+    assert seats_for_cores(2) == ["--max-requests-inflight=20", "--max-mutating-requests-inflight=10"]
+    assert seats_for_cores(8) == ["--max-requests-inflight=80", "--max-mutating-requests-inflight=40"]
