@@ -53,7 +53,7 @@ from .verify import (
     snapshot_digests,
     verify_etcd,
 )
-from .world import OPERATOR_NAMESPACE, TENANT_ID, LabWorld, operator_env, platform_key, seed_azure
+from .world import OPERATOR_NAMESPACE, LabWorld, operator_env, platform_key, seed_azure
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class LabRuntime:
             self.cp.apply(yaml.safe_load(CRD.read_text()))
             self.cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
             _wait(lambda: self.cp.request("GET", "/apis/aks-kms.dev/v1alpha1")[0] == 200, 60, "CRD served")
-            self.fake = FakeAzure(p.azure, tenant_id=TENANT_ID).start()
+            self.fake = FakeAzure(p.azure).start()
             self.proxy = AzureProxy(self.fake.public_port, AZURE_HOSTS).start()
             _forget_key_vault_challenges()
             self.world = seed_azure(self.fake)
@@ -245,9 +245,9 @@ def _forget_key_vault_challenges() -> None:
     """Forget every vault's cached challenge before a new lab's plugins start.
 
     azure-keyvault keeps every vault's authentication challenge (which names the tenant) in a
-    process-wide cache keyed by host. Every lab is the one tenant ``world.TENANT_ID``, but a bare
-    :class:`FakeAzure` (integration tests) is a tenant of its own behind the same vault host names; had
-    one run earlier in this process, the new lab's plugins would ask for tokens of that tenant, and the
+    process-wide cache keyed by host. Every fake is the one tenant ``fake_azure.server.TENANT_ID``,
+    but a fake given a tenant of its own serves the same vault host names; had one run earlier in this
+    process, the new lab's plugins would ask for tokens of that tenant, and the
     credential refuses before sending anything. Real vault names are global, so this cannot happen
     against Azure; it is the lab's to undo.
     """

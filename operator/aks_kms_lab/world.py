@@ -12,11 +12,6 @@ from pathlib import Path
 from .fake_azure import FakeAzure
 
 SUBSCRIPTION = "11111111-2222-3333-4444-555555555555"
-# Every lab is the same Azure tenant, as every real vault host name belongs to exactly one tenant:
-# azure-keyvault caches each vault host's challenge (which names the tenant) process-wide, so two labs
-# alive in one process (an e2e module with two labs, a test beside a supervisor) would otherwise make
-# each other's KMS plugins ask their Entra ID for a tenant it does not know, and stay unhealthy.
-TENANT_ID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 RESOURCE_GROUP = "lab-rg"
 CLUSTER = "lab-aks"
 PUBLIC_VAULT = "labvault"

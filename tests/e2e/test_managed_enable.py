@@ -1,5 +1,6 @@
 """e2e on the full lab, the Managed KMS experience (issue 12): a cluster without KMS enables the
-platform-managed key, then moves to a customer-managed key on a public vault.
+platform-managed key, then moves to a customer-managed key on a public vault (the other order:
+test_managed_enable_cmk.py). A lab of its own: the Managed experience cannot be left.
 """
 
 from __future__ import annotations

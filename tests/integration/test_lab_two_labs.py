@@ -5,12 +5,13 @@ Every lab's fake Azure serves the same vault host names. azure-keyvault caches e
 tokens of a tenant its own Entra ID does not know, and stay unhealthy for good: the chaos suite's second
 run stalled in KeySwitchTimeout that way, and so did the Managed e2e module, whose second lab started
 while its first one's plugins were still probing their keys. Every lab is therefore the one tenant
-``world.TENANT_ID`` (as a real vault host belongs to one tenant), and a new lab forgets the challenges
-left by bare fakes of other tenants.
+``fake_azure.server.TENANT_ID`` (as a real vault host belongs to one tenant), and a new lab forgets the
+challenges left by a fake given a tenant of its own.
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from aks_kms_lab.fake_azure import FakeAzure
@@ -29,7 +30,7 @@ def _wrap_once(runtime: LabRuntime) -> None:
 
 
 def test_second_lab_in_one_process_reaches_its_own_key_vault(tmp_path: Path) -> None:
-    other = FakeAzure(tmp_path / "bare").start()  # a tenant of its own, as integration tests start them
+    other = FakeAzure(tmp_path / "bare", tenant_id=str(uuid.uuid4())).start()  # a tenant of its own
     try:
         world = seed_azure(other)
         env = operator_env(other, tmp_path / "kubeconfig")
