@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 CEILINGS = ("ceiling", "ceiling_go")  # Python (aiohttp) and Go (net/http, HTTP/2) pre-listed load generators
@@ -97,6 +97,13 @@ def percentile(values: Sequence[float], pct: float) -> float | None:
     return ordered[int(min(rank, len(ordered))) - 1]
 
 
-def results_name(date: str, sizes: Sequence[int | str]) -> str:
-    """``<date>-<sizes>.json``, e.g. ``2026-11-29-1000-10000.json`` (``20000@5000`` -> ``20000at5000``)."""
-    return f"{date}-{'-'.join(str(s).replace('@', 'at') for s in sizes)}.json"
+def results_name(date: str, sizes: Sequence[int | str], taken: Container[str] = ()) -> str:
+    """``<date>-<sizes>.json``, e.g. ``2026-11-29-1000-10000.json`` (``20000@5000`` -> ``20000at5000``);
+    ``-2``, ``-3``, ... before ``.json`` when the name is in ``taken``: a second run of the same sizes on
+    one day must not overwrite the first (the README cites result files by name)."""
+    stem = f"{date}-{'-'.join(str(s).replace('@', 'at') for s in sizes)}"
+    name, n = f"{stem}.json", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.json"
+    return name

@@ -780,7 +780,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / results_name(dt.date.today().isoformat(), args.sizes.split())).write_text(text)
+    taken = {f.name for f in RESULTS.iterdir()}
+    (RESULTS / results_name(dt.date.today().isoformat(), args.sizes.split(), taken)).write_text(text)
     print(markdown_table(rows))
     proven = all(r["data_bytes_received"] == 0 and r["data_bytes_counted_rounds"] for r in rows)
     return 0 if proven and all(r["correct"] for r in rows) else 1

@@ -53,6 +53,8 @@ def test_markdown_table() -> None:
 def test_results_name() -> None:
     assert results_name("2026-11-29", [1000, 10000]) == "2026-11-29-1000-10000.json"
     assert results_name("2026-12-01", ["3000", "20000@5000"]) == "2026-12-01-3000-20000at5000.json"
+    taken = {"2026-12-01-3000.json", "2026-12-01-3000-2.json"}
+    assert results_name("2026-12-01", ["3000"], taken) == "2026-12-01-3000-3.json"
 
 
 def test_apf_seats_are_sized_to_the_cores() -> None:
