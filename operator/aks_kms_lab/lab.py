@@ -247,9 +247,9 @@ def _forget_key_vault_challenges() -> None:
     azure-keyvault keeps every vault's authentication challenge (which names the tenant) in a
     process-wide cache keyed by host. Every fake is the one tenant ``fake_azure.server.TENANT_ID``,
     but a fake given a tenant of its own serves the same vault host names; had one run earlier in this
-    process, the new lab's plugins would ask for tokens of that tenant, and the
-    credential refuses before sending anything. Real vault names are global, so this cannot happen
-    against Azure; it is the lab's to undo.
+    process, the new lab's plugins would ask for tokens of that tenant, and the credential refuses
+    before sending anything. Real vault names are global, so this cannot happen against Azure; it is
+    the lab's to undo.
     """
     from azure.keyvault.keys._shared import http_challenge_cache
 

@@ -71,13 +71,13 @@ KmsHook = Callable[[str, dict[str, Any], dict[str, Any]], None]
 DEBUG_ENV = "AKS_KMS_FAKE_AZURE_DEBUG"
 LOGIN_HOST = "login.microsoftonline.com"
 ARM_HOST = "management.azure.com"
-# The public host names the fake answers for (its certificate names them): Entra ID, ARM, Microsoft
-# Graph and every vault. The lab's proxy (``aks_kms_lab.proxy``) lets CONNECT through to these only.
 # The fake's directory tenant, the same for every fake: a real vault host name belongs to exactly one
 # tenant, and azure-keyvault caches each host's challenge (which names the tenant) for the whole process,
 # so fakes of different tenants alive in one process (two labs, a test beside a lab) would send each
 # other's Key Vault clients to a tenant their Entra ID does not know. Pass ``tenant_id`` for another one.
 TENANT_ID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+# The public host names the fake answers for (its certificate names them): Entra ID, ARM, Microsoft
+# Graph and every vault. The lab's proxy (``aks_kms_lab.proxy``) lets CONNECT through to these only.
 AZURE_HOSTS = (LOGIN_HOST, ARM_HOST, entra.GRAPH_HOST, "*.vault.azure.net")
 _ENTRA_DISCOVERY = re.compile(r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration")
 _ENTRA_TOKEN = re.compile(r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token")
@@ -238,8 +238,8 @@ class FakeAzure:
     """Entra ID, ARM (AKS, Key Vault, identities, RBAC) and Key Vault keys on one HTTPS port.
 
     ``state_dir`` receives ``ca.pem`` and ``writes.jsonl`` (a temporary directory, removed on
-    :meth:`stop`, when None). ``tenant_id`` is the directory's tenant (:data:`TENANT_ID` when None). All helper
-    methods are thread-safe and may be called while serving.
+    :meth:`stop`, when None). ``tenant_id`` is the directory's tenant (:data:`TENANT_ID` when None).
+    All helper methods are thread-safe and may be called while serving.
     """
 
     def __init__(self, state_dir: Path | None = None, *, tenant_id: str | None = None) -> None:
