@@ -181,7 +181,7 @@ class LabRuntime:
             _wait(lambda: self.cp.request("GET", "/apis/aks-kms.dev/v1alpha1")[0] == 200, 60, "CRD served")
             self.fake = FakeAzure(p.azure).start()
             self.proxy = AzureProxy(self.fake.public_port, AZURE_HOSTS).start()
-            _forget_key_vault_challenges()
+            forget_key_vault_challenges()
             self.world = seed_azure(self.fake)
             shutil.copyfile(self.cp.kubeconfig, p.kubeconfig)
             p.kubeconfig.chmod(0o600)
@@ -241,7 +241,7 @@ class LabRuntime:
         return self.cp.pids() if self.cp else []
 
 
-def _forget_key_vault_challenges() -> None:
+def forget_key_vault_challenges() -> None:
     """Forget every vault's cached challenge before a new lab's plugins start.
 
     azure-keyvault keeps every vault's authentication challenge (which names the tenant) in a

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aks_kms_lab.fake_azure import FakeAzure
 from aks_kms_lab.kmsv2 import KeyVaultWrapper
-from aks_kms_lab.lab import LabRuntime
+from aks_kms_lab.lab import LabRuntime, forget_key_vault_challenges
 from aks_kms_lab.world import operator_env, seed_azure
 
 
@@ -30,7 +30,10 @@ def _wrap_once(runtime: LabRuntime) -> None:
 
 
 def test_second_lab_in_one_process_reaches_its_own_key_vault(tmp_path: Path) -> None:
-    other = FakeAzure(tmp_path / "bare", tenant_id=str(uuid.uuid4())).start()  # a tenant of its own
+    # A fake of a tenant of its own must forget the cached challenges first, as LabRuntime.start does:
+    # an earlier test in this process (any fake) left the one lab tenant's challenge behind.
+    forget_key_vault_challenges()
+    other = FakeAzure(tmp_path / "bare", tenant_id=str(uuid.uuid4())).start()
     try:
         world = seed_azure(other)
         env = operator_env(other, tmp_path / "kubeconfig")

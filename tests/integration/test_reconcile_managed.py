@@ -85,7 +85,8 @@ def test_aks_follows_a_new_key_version_and_the_operator_only_observes(aks: AksEn
     assert status["managed"]["keyVersion"] == v_new
     assert status["managed"]["previousKeyVersion"] == aks.world.key_versions[-1]
     assert status["verification"]["lastPassReencrypted"] == 0 and status["encryptedWith"] == VERSIONLESS
-    assert condition(status, "Ready") == "True" and reason_of(status, "KeyHealthy") == "KeysValid"
+    assert condition(status, "Ready") == "True" and reason_of(status, "KeyHealthy") == "KeysValid", \
+        status.get("conditions")
     assert len(aks.cluster_puts()) == puts  # no ARM write, no rewrite of ours
 
 
