@@ -80,8 +80,11 @@ def test_aks_follows_a_new_key_version_and_the_operator_only_observes(aks: AksEn
     assert aks.kms.follow_new_version()  # the detector's round, without waiting for its interval
     assert aks.stored_under() == {provider_name(v_new): SECRETS}
     aks.patch_spec(NAME, {"verify": {"requestedAt": "2026-12-01T09:00:00Z"}})
+    # The pass's own status write carries the conditions planned before it (Ready False, Verifying); the
+    # next reconcile, right after, reports what the pass proved: wait for that.
     status = aks.wait_status(NAME, lambda s: (s.get("verification") or {}).get("requestedAt")
-                             == "2026-12-01T09:00:00Z", what="verification pass on demand")
+                             == "2026-12-01T09:00:00Z" and condition(s, "Ready") == "True",
+                             what="verification pass on demand, then Ready")
     assert status["managed"]["keyVersion"] == v_new
     assert status["managed"]["previousKeyVersion"] == aks.world.key_versions[-1]
     assert status["verification"]["lastPassReencrypted"] == 0 and status["encryptedWith"] == VERSIONLESS
