@@ -5,12 +5,14 @@ experience cannot be left and two labs in one process only add load.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from aks_kms_lab import lab
 from aks_kms_lab.world import KEY_NAME, PUBLIC_VAULT
 
-from .conftest import LabHarness, condition
+from .conftest import LabHarness, condition, running_lab
 
 SECRETS = 60
 VERSIONLESS = f"https://{PUBLIC_VAULT}.vault.azure.net/keys/{KEY_NAME}"
@@ -33,8 +35,14 @@ def verified(h: LabHarness, expect: str) -> lab.LabVerification:
     return result
 
 
-def managed(status: dict[str, Any]) -> bool:
-    return (status.get("cluster") or {}).get("experience") == "Managed" and \
-        condition(status, "Ready").get("status") == "True"
+def managed_lab(root: Path) -> Iterator[LabHarness]:
+    """The lab of one Managed module (a module fixture yields from it): SECRETS in 3 namespaces."""
+    with running_lab(root, secrets=SECRETS, namespaces=3) as h:
+        yield h
 
 
+def managed(status: dict[str, Any], key_management: str = "") -> bool:
+    """Ready on the Managed experience (and with this keyManagement, when given), as AKS reports it."""
+    cluster = status.get("cluster") or {}
+    return cluster.get("experience") == "Managed" and condition(status, "Ready").get("status") == "True" and \
+        key_management in ("", cluster.get("keyManagement"))

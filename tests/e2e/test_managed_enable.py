@@ -11,16 +11,15 @@ import pytest
 
 from aks_kms_lab import lab
 
-from .conftest import LabHarness, running_lab
-from .managed import SECRETS, VERSIONLESS, managed, patch_spec, puts, verified
+from .conftest import LabHarness
+from .managed import VERSIONLESS, managed, managed_lab, patch_spec, puts, verified
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def fresh_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHarness]:
-    with running_lab(tmp_path_factory.mktemp("managed-enable") / "lab", secrets=SECRETS, namespaces=3) as h:
-        yield h
+    yield from managed_lab(tmp_path_factory.mktemp("managed-enable") / "lab")
 
 
 def test_enable_platform_key_then_customer_key(fresh_lab: LabHarness) -> None:
@@ -35,6 +34,6 @@ def test_enable_platform_key_then_customer_key(fresh_lab: LabHarness) -> None:
     verified(h, platform)
     patch_spec(h, {"kms": {"keyManagement": "CustomerManaged", "keyId": VERSIONLESS,
                            "keyVaultNetworkAccess": "Public"}})
-    status = h.wait(lambda s: managed(s) and s["cluster"]["keyManagement"] == "CustomerManaged", "CMK on")
+    status = h.wait(lambda s: managed(s, "CustomerManaged"), "CMK on")
     assert len(puts(h)) == 2
     verified(h, h.world.key_versions[-1])

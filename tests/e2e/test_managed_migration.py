@@ -16,16 +16,15 @@ from aks_kms_lab import lab
 from aks_kms_lab.world import KEY_NAME, PUBLIC_VAULT, RESOURCE_GROUP, SUBSCRIPTION
 
 from ..support import wait_for
-from .conftest import LabHarness, condition, running_lab
-from .managed import SECRETS, VERSIONLESS, managed, patch_spec, puts, verified
+from .conftest import LabHarness, condition
+from .managed import VERSIONLESS, managed, managed_lab, patch_spec, puts, verified
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def legacy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHarness]:
-    with running_lab(tmp_path_factory.mktemp("managed-migrate") / "lab", secrets=SECRETS, namespaces=3) as h:
-        yield h
+    yield from managed_lab(tmp_path_factory.mktemp("managed-migrate") / "lab")
 
 
 

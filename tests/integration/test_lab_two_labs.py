@@ -20,13 +20,17 @@ from aks_kms_lab.lab import LabRuntime, forget_key_vault_challenges
 from aks_kms_lab.world import operator_env, seed_azure
 
 
-def _wrap_once(runtime: LabRuntime) -> None:
-    assert runtime.world is not None
-    wrapper = KeyVaultWrapper.from_env(runtime.world.key_versions[0], runtime.env)
+def _wrap_once(key_url: str, env: dict[str, str]) -> None:
+    wrapper = KeyVaultWrapper.from_env(key_url, env)
     try:
         assert wrapper.wrap(b"\x00" * 32).ciphertext
     finally:
         wrapper.close()
+
+
+def _wrap_with_lab(runtime: LabRuntime) -> None:
+    assert runtime.world is not None
+    _wrap_once(runtime.world.key_versions[0], runtime.env)
 
 
 def test_second_lab_in_one_process_reaches_its_own_key_vault(tmp_path: Path) -> None:
@@ -36,18 +40,13 @@ def test_second_lab_in_one_process_reaches_its_own_key_vault(tmp_path: Path) -> 
     other = FakeAzure(tmp_path / "bare", tenant_id=str(uuid.uuid4())).start()
     try:
         world = seed_azure(other)
-        env = operator_env(other, tmp_path / "kubeconfig")
-        wrapper = KeyVaultWrapper.from_env(world.key_versions[0], env)
-        try:
-            assert wrapper.wrap(b"\x00" * 32).ciphertext  # the bare fake's challenge is now cached
-        finally:
-            wrapper.close()
+        _wrap_once(world.key_versions[0], operator_env(other, tmp_path / "kubeconfig"))  # its challenge is cached
     finally:
         other.stop()
     lab = LabRuntime(tmp_path / "lab").start()
     try:
         assert lab.fake.tenant_id != other.tenant_id
-        _wrap_once(lab)
+        _wrap_with_lab(lab)
     finally:
         lab.stop()
 
@@ -58,8 +57,8 @@ def test_two_labs_alive_at_once_each_reach_their_own_key_vault(tmp_path: Path) -
         second = LabRuntime(tmp_path / "second").start()
         try:
             for _ in range(2):  # each wrap refreshes the process-wide challenge for the other's host names
-                _wrap_once(first)
-                _wrap_once(second)
+                _wrap_with_lab(first)
+                _wrap_with_lab(second)
         finally:
             second.stop()
     finally:
