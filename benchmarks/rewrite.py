@@ -178,7 +178,7 @@ async def _probe_main(args: argparse.Namespace) -> dict[str, Any]:
     per = 1e6 * max(1, len(latencies) + errors)  # ns -> ms per request
     return {"requests": len(latencies), "errors": errors, "p50_ms": percentile(latencies, 50),
             "p99_ms": percentile(latencies, 99), "max_ms": max(latencies) if latencies else None,
-            "statuses": statuses, "nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "statuses": statuses,
             "cpu_ms_per_request": round((sched1[0] - sched0[0]) / per, 3),
             "runqueue_ms_per_request": round((sched1[1] - sched0[1]) / per, 3)}
 
@@ -456,16 +456,11 @@ def _apply(cp: Any, obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _flow_schema_of(kubeconfig: Path, path: str) -> str:
-    """The uid of the FlowSchema the API server put one request of this kubeconfig's user in (the
-    ``X-Kubernetes-PF-FlowSchema-UID`` answer header): proof of which APF flow a client is in."""
-    return _apf_headers(kubeconfig, path)[0]
-
-
 def _apf_headers(kubeconfig: Path, path: str,
                  accept: str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1") -> tuple[str, str]:
     """The FlowSchema and PriorityLevelConfiguration uids the API server answered one request of this
-    kubeconfig's user with (``X-Kubernetes-PF-FlowSchema-UID``, ``X-Kubernetes-PF-PriorityLevel-UID``)."""
+    kubeconfig's user with (``X-Kubernetes-PF-FlowSchema-UID``, ``X-Kubernetes-PF-PriorityLevel-UID``):
+    proof of which APF flow a client is in."""
     import ssl
     import urllib.request
 
@@ -508,7 +503,7 @@ def setup_identities(cp: Any, probe_secret: str) -> dict[str, Any]:
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "bench-probe"},
                 "subjects": [{"kind": "ServiceAccount", "name": "other-client", "namespace": "bench-probe"}]})
     fs = by_kind["FlowSchema"]
-    matched = _flow_schema_of(operator, f"/api/v1/namespaces/{probe_ns}/secrets?limit=1")
+    matched, _ = _apf_headers(operator, f"/api/v1/namespaces/{probe_ns}/secrets?limit=1")
     probe_fs, probe_pl = _apf_headers(probe, f"/api/v1/namespaces/{probe_ns}/secrets/{probe_name}",
                                       accept=METADATA_ONLY)
     pl_name = by_kind["PriorityLevelConfiguration"]["metadata"]["name"]
