@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping, Sequence
+import re
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 CEILINGS = ("ceiling", "ceiling_go")  # Python (aiohttp) and Go (net/http, HTTP/2) pre-listed load generators
@@ -107,3 +108,51 @@ def results_name(date: str, sizes: Sequence[int | str], taken: Container[str] = 
         n += 1
         name = f"{stem}-{n}.json"
     return name
+
+
+_GC_LINE = re.compile(r"^gc \d+ @(?P<at>[\d.]+)s \d+%: [\d.]+\+(?P<mark>[\d.]+)\+[\d.]+ ms clock, .*?"
+                      r"(?P<start>\d+)->(?P<end>\d+)->(?P<live>\d+) MB")
+
+
+def gc_marks(lines: Iterable[str], process_start: float) -> list[tuple[float, float, int]]:
+    """The concurrent mark phases of a Go process from its ``GODEBUG=gctrace=1`` lines: (start, end) in
+    Unix seconds and the live heap (MB) after each. ``gc N @T s P%: a+b+c ms clock, ...`` gives T
+    seconds since the process started and b ms of concurrent mark (a and c are the short
+    stop-the-world pauses around it); other lines are ignored."""
+    marks = []
+    for line in lines:
+        if m := _GC_LINE.match(line):
+            start = process_start + float(m["at"])
+            marks.append((start, start + float(m["mark"]) / 1000, int(m["live"])))
+    return marks
+
+
+def slow_requests_in_gc(trace: Sequence[tuple[float, float]], marks: Sequence[tuple[float, float, int]],
+                        slow_ms: float) -> dict[str, Any]:
+    """How much of the other client's tail falls inside the API server's GC mark phases.
+
+    ``trace``: (start in Unix seconds, latency ms) per request. A request counts as inside a mark when
+    it started during one or within its latency before one began (it was still being served). The
+    share of slow requests (``> slow_ms``) inside marks, against the share of all requests inside
+    them, says whether GC explains the tail; the p99 inside and outside marks says by how much."""
+    if not trace:
+        return {"requests": 0}
+    first, last = trace[0][0], trace[-1][0]
+    seen = [m for m in marks if m[1] >= first and m[0] <= last]
+    marking = sum(min(end, last) - max(start, first) for start, end, _ in seen)
+
+    def inside(t: float, ms: float) -> bool:
+        return any(start - ms / 1000 <= t <= end for start, end, _ in seen)
+
+    flags = [inside(t, ms) for t, ms in trace]
+    slow = [f for (_, ms), f in zip(trace, flags, strict=True) if ms > slow_ms]
+    in_ms = [ms for (_, ms), f in zip(trace, flags, strict=True) if f]
+    out_ms = [ms for (_, ms), f in zip(trace, flags, strict=True) if not f]
+    span = last - first
+    return {"requests": len(trace), "gc_cycles": len(seen),
+            "marking_share": round(marking / span, 3) if span > 0 else None,
+            "live_heap_mb_max": max((live for *_, live in seen), default=None),
+            "requests_in_marks_share": round(sum(flags) / len(trace), 3),
+            "slow_ms": round(slow_ms, 2), "slow_requests": len(slow),
+            "slow_in_marks_share": round(sum(slow) / len(slow), 3) if slow else None,
+            "p99_in_marks_ms": percentile(in_ms, 99), "p99_outside_marks_ms": percentile(out_ms, 99)}

@@ -47,7 +47,7 @@ import yaml
 
 from aks_kms_operator.kube import MERGE_PATCH, METADATA_ONLY, Credentials, KubeClient, KubeError
 
-from .report import markdown_table, percentile, ratios, results_name
+from .report import gc_marks, markdown_table, percentile, ratios, results_name, slow_requests_in_gc
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -159,15 +159,17 @@ async def _probe_main(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     latencies: list[float] = []
+    started: list[float] = []  # wall-clock start of each answered request, for --trace
     errors = 0
     statuses: dict[str, int] = {}
     sched0 = _own_schedstat()
     async with KubeClient(Credentials.login(), pool_size=1) as kube:
         while not stop.is_set():
-            t0 = time.perf_counter()
+            t0, wall = time.perf_counter(), time.time()
             try:
                 await kube.request("GET", f"/api/v1/namespaces/{ns}/secrets/{name}", accept=METADATA_ONLY)
                 latencies.append((time.perf_counter() - t0) * 1000)
+                started.append(wall)
             except KubeError as err:
                 errors += 1
                 statuses[str(err.status)] = statuses.get(str(err.status), 0) + 1
@@ -175,6 +177,8 @@ async def _probe_main(args: argparse.Namespace) -> dict[str, Any]:
                 errors += 1
             await asyncio.sleep(args.interval)
     sched1 = _own_schedstat()
+    if args.trace:  # one line per answered request: when it started (Unix seconds) and how long it took
+        Path(args.trace).write_text("".join(f"{t:.4f}\t{ms:.3f}\n" for t, ms in zip(started, latencies, strict=True)))
     per = 1e6 * max(1, len(latencies) + errors)  # ns -> ms per request
     return {"requests": len(latencies), "errors": errors, "p50_ms": percentile(latencies, 50),
             "p99_ms": percentile(latencies, 99), "max_ms": max(latencies) if latencies else None,
@@ -209,6 +213,7 @@ def _child_main(argv: Sequence[str]) -> int:
     p = sub.add_parser("probe")
     p.add_argument("--secret", required=True)
     p.add_argument("--interval", type=float, default=0.01)
+    p.add_argument("--trace", help="write each request's start time and latency here (a diagnostic)")
     args = parser.parse_args(argv)
     main = {"engine": _engine_main, "ceiling": _ceiling_main, "probe": _probe_main}[args.cmd]
     print(json.dumps(asyncio.run(main(args))), flush=True)
@@ -297,6 +302,32 @@ class ServerCpu:
 
     def stop(self) -> dict[str, float]:
         return {name: round(_proc_cpu(pid) - self.start[name], 3) for name, pid in self.pids.items()}
+
+
+def process_start(pid: int) -> float:
+    """When a process started, in Unix seconds (``/proc/<pid>/stat`` start time after boot, plus the
+    boot time from ``/proc/stat``): the origin of a Go process's ``gctrace`` times, to 10 ms."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        ticks = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+    with open("/proc/stat", "rb") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+class ApiserverGc:
+    """The API server's garbage collections during one contender's run, set against the other client's
+    requests: kube-apiserver runs with ``GODEBUG=gctrace=1``, so each cycle is a line in its log.
+    Created after the key switch (a new process, so its gctrace times start from its own start)."""
+
+    def __init__(self, log: Path, pid: int) -> None:
+        self.log, self.start, self.offset = log, process_start(pid), log.stat().st_size
+
+    def report(self, trace: Path, slow_ms: float) -> dict[str, Any]:
+        with self.log.open("rb") as f:
+            f.seek(self.offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        requests = [(float(t), float(ms)) for t, ms in (line.split("\t") for line in trace.read_text().splitlines())]
+        return slow_requests_in_gc(requests, gc_marks(lines, self.start), slow_ms)
 
 
 def _proc_cpu(pid: int) -> float:
@@ -578,7 +609,7 @@ CONTENDERS = ("engine", "kubectl", "ceiling", "ceiling_go", "engine_apf")
 
 def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 64, page_size: int = 500,
                ceiling_concurrency: int = 64, skip: Sequence[str] = (), apiserver_args: Sequence[str] = (),
-               repeat: int = 1, log: Any = print) -> dict[str, Any]:
+               repeat: int = 1, apf_max_wps: float = 0.0, log: Any = print) -> dict[str, Any]:
     from aks_kms_lab.controlplane import ControlPlane
     from aks_kms_lab.encryption import (
         KeySlots,
@@ -601,7 +632,8 @@ def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 6
         slots = KeySlots().apply(True, next(keys))
         write_configuration(config, encryption_configuration(slots, aescbc_provider))
         row["apiserver_args"] = list(apiserver_args)
-        with ControlPlane(tmp / "cp", encryption_config=config, extra_apiserver_args=tuple(apiserver_args)) as cp:
+        with ControlPlane(tmp / "cp", encryption_config=config, extra_apiserver_args=tuple(apiserver_args),
+                          apiserver_env={"GODEBUG": "gctrace=1"}) as cp:
             env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
             creds = Credentials(server=cp.server, ssl=cp.ssl_context(), headers={})
             t0 = time.monotonic()
@@ -639,28 +671,34 @@ def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 6
 
             def measured(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
                 """Switch the key, then run one contender with the other client probing and the
-                server's CPU counted; the contender's figures (with ``changed_rv``) and the probe's."""
+                server's CPU counted; the contender's figures (with ``changed_rv``) and the probe's,
+                with how much of its tail (over 2x the last idle p99) fell in the API server's GC."""
                 target, before = switch_key()
-                probe = _python_child(["probe", "--secret", fixed], probe_env, logs)
+                assert cp.replicas[0] is not None
+                gc = ApiserverGc(cp.replica_log(0), cp.replicas[0].pid)
+                trace = tmp / "probe-trace.tsv"
+                probe = _python_child(["probe", "--secret", fixed, "--trace", str(trace)], probe_env, logs)
                 time.sleep(0.5)
                 cpu = server_cpu()
                 result = run(target)
                 result["cpu"] = _cpu(result.pop("cpu_seconds"), cpu.stop(), size)
                 probed = _stop_probe(probe)
+                probed["apiserver_gc"] = gc.report(trace, 2 * (idles[-1]["p99_ms"] or 0.0))
                 result["changed_rv"] = _changed(before, asyncio.run(_metadata(creds)))
                 return result, probed
 
-            def engine(run_env: dict[str, str], count_bytes: bool = True) -> Any:
+            def engine(run_env: dict[str, str], count_bytes: bool = True, max_wps: float = 0.0) -> Any:
                 def run(target: str) -> dict[str, Any]:
                     out, rss, wall = _run_python_child(
                         ["engine", "--target", target, "--concurrency", str(concurrency), "--page-size",
-                         str(page_size), *([] if count_bytes else ["--no-byte-counter"])], run_env, logs)
+                         str(page_size), "--max-wps", str(max_wps),
+                         *([] if count_bytes else ["--no-byte-counter"])], run_env, logs)
                     return {"seconds": round(out["seconds"], 3), "writes_per_s": round(out["writes_per_s"], 1),
                             "peak_rss_mb": round(rss, 1), "process_seconds": round(wall, 3),
                             "concurrency": concurrency, "page_size": page_size, "counters": out["counters"],
                             "throttled": out["throttled"], "bytes_received": out["bytes_received"],
                             "data_bytes_received": out["data_bytes_received"], "responses": out["responses"],
-                            "cpu_seconds": out["cpu_seconds"], "byte_counter": count_bytes}
+                            "cpu_seconds": out["cpu_seconds"], "byte_counter": count_bytes, "max_wps": max_wps}
                 return run
 
             def kubectl(_target: str) -> dict[str, Any]:
@@ -693,6 +731,8 @@ def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 6
             # are the proof that no Secret data arrives. Without them, one counted round (not timed) is run.
             plan = {"engine": engine(env, count_bytes=False), "kubectl_replace": kubectl,
                     "ceiling": ceiling(False), "ceiling_go": ceiling(True), "engine_apf": engine(operator_env)}
+            if apf_max_wps:  # the engine under APF and paced by spec.rewrite.maxWritesPerSecond as well
+                plan["engine_apf_paced"] = engine(operator_env, max_wps=apf_max_wps)
             runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
             idles: list[dict[str, Any]] = []
             for round_no in range(repeat):
@@ -702,12 +742,16 @@ def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 6
                         continue  # kubectl: once (minutes at 50000, and its shape does not change)
                     result, probed = measured(run)
                     runs.setdefault(name, []).append((result, probed))
-                    c = result["cpu"]
+                    c, g = result["cpu"], probed["apiserver_gc"]
                     log(f"[{label}] {name} #{round_no + 1}: {result['writes_per_s']:.0f} w/s, "
                         f"{result['peak_rss_mb']:.0f} MB, changed {result['changed_rv']}, "
                         f"CPU/1k client {c['client_per_1k']} s server {c['server_per_1k']} s, other client p50/p99 "
                         f"{_r(probed['p50_ms'])}/{_r(probed['p99_ms'])} ms"
-                        + (f", {result['throttled']} x 429" if "throttled" in result else ""))
+                        + (f", {result['throttled']} x 429" if "throttled" in result else "")
+                        + f"; API server GC marking {g.get('marking_share')} of the time (live heap up to "
+                        f"{g.get('live_heap_mb_max')} MB), slow requests in marks {g.get('slow_in_marks_share')} "
+                        f"of {g.get('slow_requests')}, p99 in/out of marks {_r(g.get('p99_in_marks_ms'))}/"
+                        f"{_r(g.get('p99_outside_marks_ms'))} ms")
             if "engine_apf" in skip:  # the data proof: one counted round of the unthrottled engine, not timed
                 result, probed = measured(engine(env, count_bytes=True))
                 runs["engine_counted"] = [(result, probed)]
@@ -725,7 +769,7 @@ def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 6
 
     row.update(results)
     row["load_after"] = os.getloadavg()
-    counted = [r[0] for k in ("engine", "engine_apf", "engine_counted") for r in runs.get(k, [])
+    counted = [r[0] for k in ("engine", "engine_apf", "engine_apf_paced", "engine_counted") for r in runs.get(k, [])
                if r[0]["byte_counter"]]
     row["data_bytes_received"] = sum(r["data_bytes_received"] for r in counted)
     row["data_bytes_counted_rounds"] = len(counted)  # engine rounds run with the byte counter
@@ -761,6 +805,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "400 + 200")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of every contender (kubectl: once), interleaved; the median run is reported")
+    parser.add_argument("--apf-max-wps", type=float, default=0.0,
+                        help="also run the engine under APF paced to this many writes/s (engine_apf_paced): "
+                             "spec.rewrite.maxWritesPerSecond's effect on the other client")
     parser.add_argument("--skip", default="", help=f"contenders to leave out, space-separated: {' '.join(CONTENDERS)}")
     args = parser.parse_args(argv)
     layouts = [parse_size(s) for s in args.sizes.split()]
@@ -776,6 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(bench_size(size, namespaces=namespaces, concurrency=args.concurrency, page_size=args.page_size,
                                ceiling_concurrency=args.ceiling_concurrency, skip=skip,
                                apiserver_args=apiserver_args, repeat=max(1, args.repeat),
+                               apf_max_wps=args.apf_max_wps,
                                log=lambda msg: print(msg, file=sys.stderr, flush=True)))
     text = json.dumps(rows, indent=2) + "\n"
     if args.json:

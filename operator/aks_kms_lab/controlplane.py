@@ -156,7 +156,10 @@ class ControlPlane:
         tie_to_parent: bool = True,
         extra_apiserver_args: tuple[str, ...] = (),
         audit_secret_writes: bool = False,
+        apiserver_env: dict[str, str] | None = None,
     ) -> None:
+        """``apiserver_env``: variables added to the replicas' environment (e.g. ``GODEBUG=gctrace=1``,
+        which the benchmark reads from the replica's log)."""
         if apiservers < 1:
             raise ValueError("apiservers must be at least 1")
         self._own_workdir = workdir is None
@@ -166,6 +169,7 @@ class ControlPlane:
         self.tie_to_parent = tie_to_parent
         self.extra_apiserver_args = extra_apiserver_args
         self.audit_secret_writes = audit_secret_writes
+        self.apiserver_env = dict(apiserver_env or {})
         self.pki = CertificateAuthority(self.dir / "pki")
         self.ports = self._load_or_pick_ports(apiservers)
         self.apiservers = len(self.ports.replicas)
@@ -410,9 +414,14 @@ class ControlPlane:
                 self.replica_configs[index] = own
         self.replicas[index] = ManagedProcess(
             f"kube-apiserver-{index}", self._apiserver_argv(index, self.replica_configs[index]),
-            self.dir / "logs" / ("kube-apiserver.log" if index == 0 else f"kube-apiserver-{index}.log"),
+            self.replica_log(index),
             tie_to_parent=self.tie_to_parent, hostname=self._replica_hostname(index),
+            env={**os.environ, **self.apiserver_env} if self.apiserver_env else None,
         ).start()
+
+    def replica_log(self, index: int) -> Path:
+        """Replica ``index``'s log (stdout and stderr), appended across restarts."""
+        return self.dir / "logs" / ("kube-apiserver.log" if index == 0 else f"kube-apiserver-{index}.log")
 
     def stop_replica(self, index: int) -> None:
         """Take replica ``index`` out of the balancer's rotation, let the requests it is serving finish

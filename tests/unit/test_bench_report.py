@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from benchmarks.report import higher_ceiling, markdown_table, percentile, ratios, results_name
+from benchmarks.report import (
+    gc_marks,
+    higher_ceiling,
+    markdown_table,
+    percentile,
+    ratios,
+    results_name,
+    slow_requests_in_gc,
+)
 
 ROW = {
     "size": 1000,
@@ -62,3 +70,38 @@ def test_apf_seats_are_sized_to_the_cores() -> None:
 
     assert seats_for_cores(2) == ["--max-requests-inflight=20", "--max-mutating-requests-inflight=10"]
     assert seats_for_cores(8) == ["--max-requests-inflight=80", "--max-mutating-requests-inflight=40"]
+
+
+# Two lines as kube-apiserver (Go 1.2x) prints them with GODEBUG=gctrace=1, and one it does not.
+GCTRACE = [
+    "gc 41 @127.610s 3%: 0.11+806+0.006 ms clock, 0.22+0.073/409/344+0.013 ms cpu, 785->842->452 MB, "
+    "894 MB goal, 3 MB stacks, 0 MB globals, 2 P",
+    "I1202 02:13:06.928741     369 flags.go:64] FLAG: --v=\"1\"",
+    "gc 42 @131.438s 3%: 0.077+760+0.004 ms clock, 0.15+0.70/389/364+0.009 ms cpu, 796->868->472 MB, "
+    "907 MB goal, 3 MB stacks, 0 MB globals, 2 P",
+]
+
+
+def test_gc_marks_are_placed_in_wall_time_from_the_process_start() -> None:
+    marks = gc_marks(GCTRACE, process_start=1000.0)
+    assert marks == [(1127.61, 1127.61 + 0.806, 452), (1131.438, 1131.438 + 0.76, 472)]
+
+
+def test_slow_requests_in_gc_counts_the_tail_inside_and_outside_marks() -> None:
+    marks = [(10.0, 10.9, 450)]
+    # Ten requests, one every 0.25 s from 9.0 to 11.25: four start inside the mark (10.0-10.9), and
+    # the one at 9.75 is still being served when it begins (300 ms), so five are inside.
+    latencies = [2.0, 2.0, 2.0, 300.0, 20.0, 2.0, 30.0, 2.0, 2.0, 25.0]
+    trace = [(9.0 + 0.25 * i, ms) for i, ms in enumerate(latencies)]
+    out = slow_requests_in_gc(trace, marks, slow_ms=10.0)
+    assert out["gc_cycles"] == 1 and out["live_heap_mb_max"] == 450
+    assert out["requests_in_marks_share"] == 0.5
+    assert out["slow_requests"] == 4 and out["slow_in_marks_share"] == 0.75  # 300, 20, 30 inside; 25 not
+    assert out["p99_in_marks_ms"] == 300.0 and out["p99_outside_marks_ms"] == 25.0
+    assert out["marking_share"] == round(0.9 / 2.25, 3)
+
+
+def test_slow_requests_in_gc_ignores_marks_outside_the_trace() -> None:
+    out = slow_requests_in_gc([(5.0, 1.0), (6.0, 50.0)], [(1.0, 2.0, 100), (7.0, 8.0, 100)], slow_ms=10.0)
+    assert out["gc_cycles"] == 0 and out["slow_in_marks_share"] == 0.0 and out["marking_share"] == 0.0
+    assert slow_requests_in_gc([], [(1.0, 2.0, 100)], slow_ms=1.0) == {"requests": 0}
