@@ -4,6 +4,7 @@ inside the replica's life (the other client's tail is set against them, benchmar
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -30,3 +31,15 @@ def test_gctrace_from_apiserver_env_is_placed_within_the_replicas_life(tmp_path:
         trace.write_text(f"{time.time():.4f}\t1.0\n")
         assert gc.report(trace, slow_ms=10.0)["gc_cycles"] == 0
 
+
+
+def test_process_start_is_placed_to_the_clock_tick() -> None:
+    """To 10 ms, not to the whole second ``btime`` is rounded to: a GC mark phase lasts ~1 s at 50,000
+    Secrets, so a second's error would put the other client's slow requests in the wrong phase."""
+    before = time.time()
+    proc = subprocess.Popen(["sleep", "5"])
+    try:
+        assert abs(process_start(proc.pid) - before) < 0.1
+    finally:
+        proc.kill()
+        proc.wait()
