@@ -184,12 +184,14 @@ class Reconciler:
             await self._report(obs, conflict, obs.status)
             return conflict, None
         error: str | None = None
+        reported: Decision | None = None  # what the status says, when it differs from the step acted on
         try:
             decision = await self._plan(obs, deleting)
             if decision.next_step is Step.CHECK:
                 findings = await self._preflight(obs, decision)
                 decision = await self._plan(obs, deleting, findings)
             status = await self._act(obs, decision)
+            reported = await self._replan_after(obs, decision, status, deleting)
         except (AzureThrottled, AzureConflict) as err:
             error = type(err).__name__
             decision = self._transient(obs, err, getattr(err, "retry_after", None))
@@ -224,7 +226,7 @@ class Reconciler:
                                 "fix what refuses the writes (admission webhook, permissions), then the operator "
                                 "walks every namespace again", self.settings.error_retry, "Failed")
             status = err.status
-        await self._report(obs, decision, status)
+        await self._report(obs, reported or decision, status)
         return decision, error
 
     def _transient(self, obs: Observation, err: Exception, retry_after: float | None) -> Decision:
@@ -255,6 +257,18 @@ class Reconciler:
         if decision.next_step is Step.WAIT and decision.reason in ("ClusterUpdating", "ClusterBusy"):
             decision = dataclasses.replace(decision, delay=min(decision.delay or 0, self.settings.busy_poll))
         return decision
+
+    async def _replan_after(self, obs: Observation, decision: Decision, status: api.PolicyStatus,
+                            deleting: bool) -> Decision:
+        """What to report after a step: for a rewrite or a verification pass, the plan made from the
+        status the step produced. Both change nothing in Azure, so the cluster read before them still
+        holds, and the plan made before them would report a finished pass as still running ("Ready
+        False, Verifying") until the next reconcile. Any other step reports the plan it acted on: an
+        Azure write changes what the cluster read said. The decision acted on still drives metrics and
+        the next reconcile's timing."""
+        if decision.next_step not in (Step.REWRITE, Step.VERIFY):
+            return decision
+        return await self._plan(dataclasses.replace(obs, status=status), deleting)
 
     async def _preflight(self, obs: Observation, decision: Decision) -> list[Finding]:
         write = decision.steps[1]

@@ -8,9 +8,13 @@ KMS v2 plugins instead.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,6 +201,61 @@ class AksEnv:
 
     def etcd_secrets(self) -> list[tuple[str, bytes]]:
         return [(raw.key, raw.value) for raw in EtcdClient(self.cp.etcd_url).scan()]
+
+
+class StatusRecorder:
+    """Every status a policy is written with while it runs, from a watch (a poll could miss one that a
+    later write replaces within milliseconds): ``with StatusRecorder(env.cp, name) as rec: ...`` then
+    ``rec.statuses``. Each watch lasts 2 s and resumes from the last resourceVersion seen; when the
+    watch cache no longer has it (an API server restarted: "too old resource version"), it lists again
+    and records the status as listed."""
+
+    def __init__(self, cp: ControlPlane, name: str) -> None:
+        self.cp, self.name = cp, name
+        self.statuses: list[dict[str, Any]] = []
+        self._selector = urllib.parse.urlencode({"fieldSelector": f"metadata.name={name}"})
+        self._stop = threading.Event()
+        self._rv = self._list()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> StatusRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _list(self) -> str:
+        """List the policy (recording its status); retried while the API server's storage is
+        (re)initializing after a restart (429) or the server is down."""
+        def listed() -> dict[str, Any] | None:
+            try:
+                code, out = self.cp.request("GET", f"{POLICIES}?{self._selector}")
+            except OSError:
+                return None
+            return out if code == 200 else None
+
+        out = wait_for(listed, timeout=60, interval=0.2, what=f"a list of policy {self.name}")
+        self.statuses += [item.get("status") or {} for item in out.get("items") or []]
+        return str(out["metadata"]["resourceVersion"])
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            url = f"{self.cp.server}{POLICIES}?{self._selector}&watch=1&timeoutSeconds=2&resourceVersion={self._rv}"
+            try:
+                with urllib.request.urlopen(url, context=self.cp.ssl_context(), timeout=10) as answer:
+                    for line in answer:
+                        event = json.loads(line)
+                        if event.get("type") == "ERROR":  # 410: resume from a fresh list
+                            self._rv = self._list()
+                            break
+                        obj = event.get("object") or {}
+                        if event.get("type") in ("ADDED", "MODIFIED"):
+                            self._rv = obj["metadata"]["resourceVersion"]
+                            self.statuses.append(obj.get("status") or {})
+            except OSError:  # the API server rolls after a KMS change: resume
+                self._stop.wait(0.2)
 
 
 def condition(status: dict[str, Any], type_: str) -> str | None:

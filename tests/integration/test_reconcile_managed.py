@@ -17,7 +17,7 @@ from aks_kms_lab.seed import seed
 from aks_kms_lab.world import KEY_NAME, PUBLIC_VAULT, RESOURCE_GROUP, SUBSCRIPTION
 from aks_kms_operator.kube import Credentials
 
-from .aks_env import AksEnv, condition, reason_of
+from .aks_env import AksEnv, StatusRecorder, condition, reason_of
 
 pytestmark = pytest.mark.integration
 NAME = "default"
@@ -79,12 +79,15 @@ def test_aks_follows_a_new_key_version_and_the_operator_only_observes(aks: AksEn
     v_new = aks.fake.new_key_version(PUBLIC_VAULT, KEY_NAME)
     assert aks.kms.follow_new_version()  # the detector's round, without waiting for its interval
     assert aks.stored_under() == {provider_name(v_new): SECRETS}
-    aks.patch_spec(NAME, {"verify": {"requestedAt": "2026-12-01T09:00:00Z"}})
-    # The pass's own status write carries the conditions planned before it (Ready False, Verifying); the
-    # next reconcile, right after, reports what the pass proved: wait for that.
-    status = aks.wait_status(NAME, lambda s: (s.get("verification") or {}).get("requestedAt")
-                             == "2026-12-01T09:00:00Z" and condition(s, "Ready") == "True",
-                             what="verification pass on demand, then Ready")
+    with StatusRecorder(aks.cp, NAME) as recorded:
+        aks.patch_spec(NAME, {"verify": {"requestedAt": "2026-12-01T09:00:00Z"}})
+        status = aks.wait_status(NAME, lambda s: (s.get("verification") or {}).get("requestedAt")
+                                 == "2026-12-01T09:00:00Z", what="verification pass on demand")
+    # The status the pass itself writes already says what it proved: never "Verifying" with Ready False
+    # next to a finished pass (it did, until the reconcile after it corrected it).
+    done = [s for s in recorded.statuses if (s.get("verification") or {}).get("requestedAt") == "2026-12-01T09:00:00Z"]
+    assert done and all(s["phase"] == "Ready" and condition(s, "Ready") == "True" for s in done), \
+        [(s.get("phase"), s.get("message"), condition(s, "Ready")) for s in done]
     assert status["managed"]["keyVersion"] == v_new
     assert status["managed"]["previousKeyVersion"] == aks.world.key_versions[-1]
     assert status["verification"]["lastPassReencrypted"] == 0 and status["encryptedWith"] == VERSIONLESS
