@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -606,12 +606,24 @@ def seats_for_cores(cores: int) -> list[str]:
     return [f"--max-requests-inflight={10 * cores}", f"--max-mutating-requests-inflight={5 * cores}"]
 
 
+def parse_env(text: str) -> dict[str, str]:
+    """``NAME=VALUE NAME=VALUE`` (``--apiserver-env``) as a mapping; a word without ``=`` is refused."""
+    out = {}
+    for word in text.split():
+        name, sep, value = word.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--apiserver-env: {word!r} is not NAME=VALUE (e.g. GOGC=400)")
+        out[name] = value
+    return out
+
+
 CONTENDERS = ("engine", "kubectl", "ceiling", "ceiling_go", "engine_apf")
 
 
 def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 64, page_size: int = 500,
                ceiling_concurrency: int = 64, skip: Sequence[str] = (), apiserver_args: Sequence[str] = (),
-               repeat: int = 1, apf_max_wps: float = 0.0, log: Any = print) -> dict[str, Any]:
+               repeat: int = 1, apf_max_wps: float = 0.0, apiserver_env: Mapping[str, str] | None = None,
+               log: Any = print) -> dict[str, Any]:
     from aks_kms_lab.controlplane import ControlPlane
     from aks_kms_lab.encryption import (
         KeySlots,
@@ -634,8 +646,9 @@ def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 6
         slots = KeySlots().apply(True, next(keys))
         write_configuration(config, encryption_configuration(slots, aescbc_provider))
         row["apiserver_args"] = list(apiserver_args)
+        row["apiserver_env"] = dict(apiserver_env or {})
         with ControlPlane(tmp / "cp", encryption_config=config, extra_apiserver_args=tuple(apiserver_args),
-                          apiserver_env={"GODEBUG": "gctrace=1"}) as cp:
+                          apiserver_env={"GODEBUG": "gctrace=1", **(apiserver_env or {})}) as cp:
             env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
             creds = Credentials(server=cp.server, ssl=cp.ssl_context(), headers={})
             t0 = time.monotonic()
@@ -807,6 +820,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "400 + 200")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of every contender (kubectl: once), interleaved; the median run is reported")
+    parser.add_argument("--apiserver-env", default="",
+                        help="extra environment of kube-apiserver, NAME=VALUE space-separated (e.g. GOGC=400); "
+                             "GODEBUG=gctrace=1 is always set, for the GC figures")
     parser.add_argument("--apf-max-wps", type=float, default=0.0,
                         help="also run the engine under APF paced to this many writes/s (engine_apf_paced): "
                              "spec.rewrite.maxWritesPerSecond's effect on the other client")
@@ -825,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(bench_size(size, namespaces=namespaces, concurrency=args.concurrency, page_size=args.page_size,
                                ceiling_concurrency=args.ceiling_concurrency, skip=skip,
                                apiserver_args=apiserver_args, repeat=max(1, args.repeat),
-                               apf_max_wps=args.apf_max_wps,
+                               apf_max_wps=args.apf_max_wps, apiserver_env=parse_env(args.apiserver_env),
                                log=lambda msg: print(msg, file=sys.stderr, flush=True)))
     text = json.dumps(rows, indent=2) + "\n"
     if args.json:

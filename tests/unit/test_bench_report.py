@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from benchmarks.report import (
     gc_marks,
     higher_ceiling,
@@ -105,3 +107,28 @@ def test_slow_requests_in_gc_ignores_marks_outside_the_trace() -> None:
     out = slow_requests_in_gc([(5.0, 1.0), (6.0, 50.0)], [(1.0, 2.0, 100), (7.0, 8.0, 100)], slow_ms=10.0)
     assert out["gc_cycles"] == 0 and out["slow_in_marks_share"] == 0.0 and out["marking_share"] == 0.0
     assert slow_requests_in_gc([], [(1.0, 2.0, 100)], slow_ms=1.0) == {"requests": 0}
+
+
+def test_apiserver_env_words_are_name_value_pairs() -> None:
+    import pytest
+
+    from benchmarks.rewrite import parse_env
+
+    assert parse_env("GOGC=400  GOMEMLIMIT=1GiB") == {"GOGC": "400", "GOMEMLIMIT": "1GiB"}
+    assert parse_env("") == {}
+    with pytest.raises(SystemExit, match="'GOGC' is not NAME=VALUE"):
+        parse_env("GOGC")
+
+
+def test_patch_kinds_carry_no_data_and_keep_the_preconditions() -> None:
+    import pytest
+
+    from benchmarks.patch_cost import KINDS, patch_for
+
+    for kind in KINDS:
+        body, content_type = patch_for(kind, "u-1", "42")
+        assert '"data"' not in json.dumps(body) and content_type.startswith("application/")
+        if kind != "empty":
+            assert "u-1" in json.dumps(body) and "42" in json.dumps(body)
+    with pytest.raises(SystemExit, match="unknown patch kind 'apply'"):
+        patch_for("apply", "u", "1")
