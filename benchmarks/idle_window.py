@@ -21,28 +21,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aks_kms_operator.kube import Credentials
-
 from . import rewrite as bench
 
 
 def measure(size: int, namespaces: int, windows: Sequence[float], log: Any = print) -> dict[str, Any]:
-    from aks_kms_lab.controlplane import ControlPlane
-    from aks_kms_lab.encryption import KeySlots, aescbc_provider, encryption_configuration, write_configuration
-    from aks_kms_lab.seed import seed
-
     seats = bench.seats_for_cores(os.cpu_count() or 1)
     out: dict[str, Any] = {"size": size, "namespaces": namespaces, "apiserver_args": seats, "windows": []}
     with tempfile.TemporaryDirectory(prefix="aks-kms-idle-") as name:
         tmp = Path(name)
-        config = tmp / "encryption.yaml"
-        slots = KeySlots().apply(True, "https://bench.vault.azure.net/keys/k/v0")
-        write_configuration(config, encryption_configuration(slots, aescbc_provider))
-        with ControlPlane(tmp / "cp", encryption_config=config, extra_apiserver_args=tuple(seats)) as cp:
-            creds = Credentials(server=cp.server, ssl=cp.ssl_context(), headers={})
-            asyncio.run(seed(creds, size, namespaces))
-            fixed = next(iter(asyncio.run(bench._metadata(creds))))
-            ids = bench.setup_identities(cp, fixed)
+        with bench.bench_cluster(tmp, size, namespaces, apiserver_args=seats) as cluster:
+            fixed = next(iter(asyncio.run(bench._metadata(cluster.creds))))
+            ids = bench.setup_identities(cluster.cp, fixed)
             env = {**os.environ, "KUBECONFIG": str(ids["probe_kubeconfig"])}
             for seconds in windows:
                 probe = bench._python_child(["probe", "--secret", fixed], env, tmp / "probe.log")

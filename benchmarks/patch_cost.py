@@ -76,43 +76,31 @@ async def _patch_all(creds: Credentials, refs: Sequence[tuple[str, str, str, str
 
 def measure(size: int, namespaces: int, kinds: Sequence[str], concurrency: int = 8,
             log: Any = print) -> list[dict[str, Any]]:
-    from aks_kms_lab.controlplane import ControlPlane
-    from aks_kms_lab.encryption import KeySlots, aescbc_provider, encryption_configuration, write_configuration
-    from aks_kms_lab.seed import seed
-
     for kind in kinds:
         patch_for(kind, "", "")  # refuse an unknown kind before minutes of setup
     rows = []
-    with tempfile.TemporaryDirectory(prefix="aks-kms-patch-cost-") as name:
-        tmp = Path(name)
-        config = tmp / "encryption.yaml"
-        keys = iter(f"https://bench.vault.azure.net/keys/k/v{i}" for i in range(len(kinds) + 1))
-        slots = KeySlots().apply(True, next(keys))
-        write_configuration(config, encryption_configuration(slots, aescbc_provider))
-        with ControlPlane(tmp / "cp", encryption_config=config, extra_apiserver_args=("--profiling=true",)) as cp:
-            creds = Credentials(server=cp.server, ssl=cp.ssl_context(), headers={})
-            asyncio.run(seed(creds, size, namespaces))
-            for kind in kinds:
-                slots = slots.apply(True, next(keys))
-                write_configuration(config, encryption_configuration(slots, aescbc_provider))
-                cp.restart_apiserver(config)
-                creds = Credentials(server=cp.server, ssl=cp.ssl_context(), headers={})
-                before = asyncio.run(bench._metadata(creds))
-                assert cp.replicas[0] is not None and cp.etcd is not None
-                m0 = asyncio.run(_memstats(creds))
-                cpu = bench.ServerCpu({"apiserver": cp.replicas[0].pid, "etcd": cp.etcd.pid})
-                seconds = asyncio.run(_patch_all(creds, list(before.values()), kind, concurrency))
-                used, m1 = cpu.stop(), asyncio.run(_memstats(creds))
-                n, after = len(before), asyncio.run(bench._metadata(creds))
-                row = {"kind": kind, "writes": n, "changed": bench._changed(before, after),
-                       "writes_per_s": round(n / seconds),
-                       "alloc_kb_per_write": round((m1["TotalAlloc"] - m0["TotalAlloc"]) / n / 1024, 1),
-                       "mallocs_per_write": round((m1["Mallocs"] - m0["Mallocs"]) / n),
-                       "gc_cycles": m1["NumGC"] - m0["NumGC"],
-                       "apiserver_ms_per_write": round(1000 * used["apiserver"] / n, 3),
-                       "etcd_ms_per_write": round(1000 * used["etcd"] / n, 3)}
-                log(json.dumps(row))
-                rows.append(row)
+    with tempfile.TemporaryDirectory(prefix="aks-kms-patch-cost-") as name, bench.bench_cluster(
+            Path(name), size, namespaces, apiserver_args=("--profiling=true",)) as cluster:
+        cp = cluster.cp
+        for kind in kinds:
+            cluster.switch_key()
+            creds = cluster.creds
+            before = asyncio.run(bench._metadata(creds))
+            assert cp.replicas[0] is not None and cp.etcd is not None
+            m0 = asyncio.run(_memstats(creds))
+            cpu = bench.ServerCpu({"apiserver": cp.replicas[0].pid, "etcd": cp.etcd.pid})
+            seconds = asyncio.run(_patch_all(creds, list(before.values()), kind, concurrency))
+            used, m1 = cpu.stop(), asyncio.run(_memstats(creds))
+            n, after = len(before), asyncio.run(bench._metadata(creds))
+            row = {"kind": kind, "writes": n, "changed": bench._changed(before, after),
+                   "writes_per_s": round(n / seconds),
+                   "alloc_kb_per_write": round((m1["TotalAlloc"] - m0["TotalAlloc"]) / n / 1024, 1),
+                   "mallocs_per_write": round((m1["Mallocs"] - m0["Mallocs"]) / n),
+                   "gc_cycles": m1["NumGC"] - m0["NumGC"],
+                   "apiserver_ms_per_write": round(1000 * used["apiserver"] / n, 3),
+                   "etcd_ms_per_write": round(1000 * used["etcd"] / n, 3)}
+            log(json.dumps(row))
+            rows.append(row)
     return rows
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -606,6 +607,52 @@ def seats_for_cores(cores: int) -> list[str]:
     return [f"--max-requests-inflight={10 * cores}", f"--max-mutating-requests-inflight={5 * cores}"]
 
 
+class BenchCluster:
+    """A benchmark's control plane: etcd + one kube-apiserver whose aescbc keys stand in for KMS keys
+    (``aks_kms_lab.encryption``), seeded with Secrets. ``switch_key`` makes every Secret stale, as a
+    KMS key change does. Made by :func:`bench_cluster`."""
+
+    def __init__(self, cp: Any, config: Path, slots: Any, keys: Iterator[str]) -> None:
+        self.cp, self.config, self.slots, self._keys = cp, config, slots, keys
+        self.creds = self._credentials()
+        self.seed_seconds = 0.0
+
+    def _credentials(self) -> Credentials:
+        return Credentials(server=self.cp.server, ssl=self.cp.ssl_context(), headers={})
+
+    def switch_key(self) -> str:
+        """Write with the next key (restarting the API server); the new key's provider name."""
+        from aks_kms_lab.encryption import aescbc_provider, encryption_configuration, provider_name, write_configuration
+
+        self.slots = self.slots.apply(True, next(self._keys))
+        write_configuration(self.config, encryption_configuration(self.slots, aescbc_provider))
+        self.cp.restart_apiserver(self.config)
+        self.creds = self._credentials()
+        return provider_name(self.slots.current or "")
+
+
+@contextlib.contextmanager
+def bench_cluster(tmp: Path, size: int, namespaces: int, *, apiserver_args: Sequence[str] = (),
+                  apiserver_env: Mapping[str, str] | None = None) -> Iterator[BenchCluster]:
+    """A :class:`BenchCluster` in ``tmp`` with ``size`` Secrets over ``namespaces`` namespaces; the
+    seeding time is ``seed_seconds`` on it."""
+    from aks_kms_lab.controlplane import ControlPlane
+    from aks_kms_lab.encryption import KeySlots, aescbc_provider, encryption_configuration, write_configuration
+    from aks_kms_lab.seed import seed
+
+    config = tmp / "encryption.yaml"
+    keys = iter(f"https://bench.vault.azure.net/keys/k/v{i}" for i in range(1000))
+    slots = KeySlots().apply(True, next(keys))
+    write_configuration(config, encryption_configuration(slots, aescbc_provider))
+    with ControlPlane(tmp / "cp", encryption_config=config, extra_apiserver_args=tuple(apiserver_args),
+                      apiserver_env=dict(apiserver_env or {})) as cp:
+        cluster = BenchCluster(cp, config, slots, keys)
+        t0 = time.monotonic()
+        asyncio.run(seed(cluster.creds, size, namespaces))
+        cluster.seed_seconds = round(time.monotonic() - t0, 2)
+        yield cluster
+
+
 def parse_env(text: str) -> dict[str, str]:
     """``NAME=VALUE NAME=VALUE`` (``--apiserver-env``) as a mapping; a word without ``=`` is refused."""
     out = {}
@@ -624,51 +671,31 @@ def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 6
                ceiling_concurrency: int = 64, skip: Sequence[str] = (), apiserver_args: Sequence[str] = (),
                repeat: int = 1, apf_max_wps: float = 0.0, apiserver_env: Mapping[str, str] | None = None,
                log: Any = print) -> dict[str, Any]:
-    from aks_kms_lab.controlplane import ControlPlane
-    from aks_kms_lab.encryption import (
-        KeySlots,
-        aescbc_provider,
-        encryption_configuration,
-        provider_name,
-        write_configuration,
-    )
-    from aks_kms_lab.seed import seed
-
     namespaces = namespaces or max(1, size // 100)
     label = f"{size}@{namespaces}"
     row: dict[str, Any] = {"size": size, "namespaces": namespaces, "layout": label, "cpus": os.cpu_count(),
                            "import_only_rss_mb": _import_only_rss(), "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="aks-kms-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        config = tmp / "encryption.yaml"
         logs = Path(tempfile.gettempdir()) / f"aks-kms-bench-{label}.log"  # outlives the control plane
-        keys = iter(f"https://bench.vault.azure.net/keys/k/v{i}" for i in range(100))
-        slots = KeySlots().apply(True, next(keys))
-        write_configuration(config, encryption_configuration(slots, aescbc_provider))
         row["apiserver_args"] = list(apiserver_args)
         row["apiserver_env"] = dict(apiserver_env or {})
-        with ControlPlane(tmp / "cp", encryption_config=config, extra_apiserver_args=tuple(apiserver_args),
-                          apiserver_env={"GODEBUG": "gctrace=1", **(apiserver_env or {})}) as cp:
+        with bench_cluster(tmp, size, namespaces, apiserver_args=apiserver_args,
+                           apiserver_env={"GODEBUG": "gctrace=1", **(apiserver_env or {})}) as cluster:
+            cp = cluster.cp
             env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
-            creds = Credentials(server=cp.server, ssl=cp.ssl_context(), headers={})
-            t0 = time.monotonic()
-            asyncio.run(seed(creds, size, namespaces))
-            row["seed_seconds"] = round(time.monotonic() - t0, 2)
+            row["seed_seconds"] = cluster.seed_seconds
             log(f"[{label}] seeded {size} Secrets in {namespaces} namespaces in {row['seed_seconds']} s")
-            fixed = next(iter(asyncio.run(_metadata(creds))))
-            row["instrumentation_check_data_bytes"] = asyncio.run(_instrumentation_check(creds, fixed))
+            fixed = next(iter(asyncio.run(_metadata(cluster.creds))))
+            row["instrumentation_check_data_bytes"] = asyncio.run(_instrumentation_check(cluster.creds, fixed))
             ids = setup_identities(cp, fixed)
             row["apf"] = {k: v for k, v in ids.items() if not k.endswith("kubeconfig")}
             probe_env = {**os.environ, "KUBECONFIG": str(ids["probe_kubeconfig"])}
             operator_env = {**os.environ, "KUBECONFIG": str(ids["operator_kubeconfig"])}
 
             def switch_key() -> tuple[str, dict[str, tuple[str, str, str, str]]]:
-                nonlocal slots, creds
-                slots = slots.apply(True, next(keys))
-                write_configuration(config, encryption_configuration(slots, aescbc_provider))
-                cp.restart_apiserver(config)
-                creds = Credentials(server=cp.server, ssl=cp.ssl_context(), headers={})
-                return provider_name(slots.current or ""), asyncio.run(_metadata(creds))
+                target = cluster.switch_key()
+                return target, asyncio.run(_metadata(cluster.creds))
 
             def server_cpu() -> ServerCpu:
                 assert cp.etcd is not None and cp.replicas[0] is not None
@@ -699,7 +726,7 @@ def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 6
                 result["cpu"] = _cpu(result.pop("cpu_seconds"), cpu.stop(), size)
                 probed = _stop_probe(probe)
                 probed["apiserver_gc"] = gc.report(trace, 2 * (idles[-1]["p99_ms"] or 0.0))
-                result["changed_rv"] = _changed(before, asyncio.run(_metadata(creds)))
+                result["changed_rv"] = _changed(before, asyncio.run(_metadata(cluster.creds)))
                 return result, probed
 
             def engine(run_env: dict[str, str], count_bytes: bool = True, max_wps: float = 0.0) -> Any:
@@ -724,7 +751,7 @@ def bench_size(size: int, *, namespaces: int | None = None, concurrency: int = 6
                 def run(_target: str) -> dict[str, Any]:
                     refs = tmp / "refs"
                     t0 = time.monotonic()
-                    listed = asyncio.run(_metadata(creds))  # the pre-fetch: timed separately, not in the rate
+                    listed = asyncio.run(_metadata(cluster.creds))  # the pre-fetch: timed separately, not in the rate
                     list_seconds = time.monotonic() - t0
                     if go:
                         refs.write_text("".join(f"{ns}/{n} {uid} {rv}\n" for ns, n, uid, rv in listed.values()))
