@@ -18,10 +18,26 @@ def test_ports_come_from_the_range_and_are_not_handed_out_twice(monkeypatch: pyt
     assert len(set(ports)) == 10, ports
 
 
-def test_a_port_someone_listens_on_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as busy:
+def _listening_with_a_free_neighbour() -> socket.socket:
+    """A listening socket on a kernel-chosen port whose next port is free now. The kernel's choice
+    alone is not enough: on a busy machine (the parallel suite) port + 1 is sometimes some other
+    test's connection, and the range below would then have no free port at all."""
+    for _ in range(50):
+        busy = socket.socket()
         busy.bind(("127.0.0.1", 0))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", busy.getsockname()[1] + 1))
+            except OSError:
+                busy.close()
+                continue
         busy.listen()
+        return busy
+    raise AssertionError("no listening port with a free neighbour in 50 tries")
+
+
+def test_a_port_someone_listens_on_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    with _listening_with_a_free_neighbour() as busy:
         port = busy.getsockname()[1]
         monkeypatch.setenv("AKS_KMS_LAB_PORTS", f"{port}-{port + 1}")
         monkeypatch.setattr(controlplane, "_handed_out", set())
